@@ -1,0 +1,44 @@
+# kzoo: `make demo` then `make test` on a fresh machine (Python 3.11 + make).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Quiet TensorFlow's C++ start-up chatter; errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export KERAS_BACKEND := tensorflow
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (the stamp is newer otherwise).
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m kzoo demo
+
+lint: install
+	$(BIN)/ruff check kzoo recipes tests benchmarks
+	$(BIN)/ruff format --check kzoo recipes tests benchmarks
+
+format: install
+	$(BIN)/ruff format kzoo recipes tests benchmarks
+	$(BIN)/ruff check --fix kzoo recipes tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python -m benchmarks.run --workload all
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache runs
+	find exported -mindepth 1 ! -name README.md -exec rm -rf {} +

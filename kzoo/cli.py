@@ -1,0 +1,208 @@
+"""`kzoo` command line: recipes, train, evaluate, reconstruct, export, demo.
+
+Every user error ends as one line `kzoo: error: ...` and exit status 2; set
+`KZOO_DEBUG=1` to see the traceback.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+EXPORT_FORMATS = ("saved_model", "litert")
+QUANTIZE = ("none", "float16", "dynamic")
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as error:
+        if os.environ.get("KZOO_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"kzoo: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="kzoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("recipes", help="list recipes with a one-line summary")
+    p.set_defaults(handler=_cmd_recipes)
+
+    p = sub.add_parser("train", help="train a recipe; resumes from the workdir's checkpoint")
+    p.add_argument("recipe")
+    p.add_argument("--workdir", help="default: runs/RECIPE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, help="total training steps (overrides the recipe)")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-split metrics of a trained workdir (JSON)")
+    p.add_argument("workdir")
+    p.add_argument("--num-examples", type=int, default=512)
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("reconstruct", help="write an input/reconstruction grid as PNG")
+    p.add_argument("workdir")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--num", type=int, default=8, help="images per row")
+    p.set_defaults(handler=_cmd_reconstruct)
+
+    p = sub.add_parser("export", help="export a trained workdir to SavedModel or LiteRT")
+    p.add_argument("workdir")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--quantize", default="none", choices=QUANTIZE)
+    p.add_argument("--out", default="exported")
+    p.add_argument("--name", help="model name in the export layout (default: the recipe)")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("demo", help="train, evaluate, export and check the demo models")
+    p.add_argument("--workdir", default=os.path.join("runs", "vqvae_shapes"))
+    p.add_argument("--out", default="exported")
+    p.add_argument("--steps", type=int, help="override the recipe's steps")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _cmd_recipes(args):
+    import recipes
+
+    summaries = recipes.list_recipes()
+    width = max(map(len, summaries), default=0)
+    for name, summary in summaries.items():
+        print(f"{name:<{width}}  {summary}")
+
+
+def _cmd_train(args):
+    import recipes
+
+    config = recipes.get_recipe(args.recipe, args.overrides)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer. Received: --steps={args.steps}")
+    from kzoo.training import train
+
+    workdir = args.workdir or os.path.join("runs", args.recipe)
+    train(config, workdir, steps=args.steps)
+    print(f"Trained {args.recipe}; checkpoint and config.json in {workdir}")
+
+
+def _workdir_config(workdir):
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise ValueError(f"The workdir does not exist. Received: workdir={workdir!r}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(
+            f"The workdir has no config.json (not a kzoo training directory). "
+            f"Received: workdir={workdir!r}"
+        ) from None
+    except ValueError:
+        raise ValueError(f"The workdir's config.json is corrupt. Received: workdir={workdir!r}")
+
+
+def evaluate(workdir, num_examples=512):
+    """Test-split PSNR and codebook statistics of the workdir's model."""
+    import kzoo.data
+    from kzoo.metrics import codebook_stats, psnr
+    from kzoo.training import load_trained_model
+
+    config = _workdir_config(workdir)
+    model = load_trained_model(workdir)
+    images, _ = kzoo.data.load_arrays(
+        config["dataset"], split="test", num_examples=num_examples, image_size=model.image_shape[0]
+    )
+    reconstructions = model.predict(images, batch_size=64, verbose=0)
+    indices = model.encode(images)
+    return {
+        "test_psnr_db": round(psnr(images, reconstructions), 2),
+        **{
+            f"codebook_{k}": (round(v, 4) if isinstance(v, float) else v)
+            for k, v in codebook_stats(indices, model.codebook_size).items()
+        },
+        "num_examples": int(len(images)),
+    }
+
+
+def _cmd_evaluate(args):
+    print(json.dumps(evaluate(args.workdir, args.num_examples), indent=2))
+
+
+def reconstruct(workdir, out, num=8):
+    import kzoo.data
+    from kzoo.data.images import make_grid, save_png
+    from kzoo.training import load_trained_model
+
+    if num < 1:
+        raise ValueError(f"--num must be a positive integer. Received: --num={num}")
+    config = _workdir_config(workdir)
+    model = load_trained_model(workdir)
+    images, _ = kzoo.data.load_arrays(
+        config["dataset"], split="test", num_examples=num, image_size=model.image_shape[0]
+    )
+    reconstructions = model.predict(images, verbose=0)
+    return save_png(out, make_grid([images, reconstructions], scale=2))
+
+
+def _cmd_reconstruct(args):
+    print(f"Wrote {reconstruct(args.workdir, args.out, args.num)}")
+
+
+def _cmd_export(args):
+    from kzoo.export import export_litert_versions, export_saved_model, format_parity_table
+    from kzoo.training import load_trained_model
+
+    config = _workdir_config(args.workdir)
+    model = load_trained_model(args.workdir)
+    name = args.name or config.get("recipe") or model.name
+    if args.format == "saved_model":
+        if args.quantize != "none":
+            raise ValueError(
+                "--quantize applies to LiteRT only. "
+                f"Received: --format=saved_model --quantize={args.quantize}"
+            )
+        result = export_saved_model(model, args.out, name=name, version=args.version)
+    else:
+        result = export_litert_versions(
+            model, args.out, name=name, quantize=(args.quantize,), version=args.version
+        )
+    print(format_parity_table(result.parity))
+    print(f"Exported to {result.path}")
+
+
+def _cmd_demo(args):
+    import recipes
+    from kzoo.export import export_all, format_parity_table
+    from kzoo.training import train
+
+    config = recipes.get_recipe("vqvae_shapes")
+    print(f"== Training vqvae_shapes in {args.workdir} (resumes if interrupted)")
+    train(config, args.workdir, steps=args.steps, verbose=2)
+    print("== Test-split metrics")
+    metrics = evaluate(args.workdir)
+    print(json.dumps(metrics, indent=2))
+    png = reconstruct(args.workdir, os.path.join(args.workdir, "reconstruction.png"))
+    print("== Export: SavedModel (TF Serving layout) + LiteRT float32/float16, parity checked")
+    from kzoo.training import load_trained_model
+
+    results = export_all(
+        load_trained_model(args.workdir),
+        args.out,
+        name="vqvae_shapes",
+        quantize=("none", "float16"),
+    )
+    for result in results:
+        print(format_parity_table(result.parity))
+    print("== Files")
+    print(f"  checkpoint + config.json + log.csv : {args.workdir}")
+    for result in results:
+        print(f"  {result.format:<34} : {result.path}")
+    print(f"  reconstruction grid (top: input)   : {png}")

@@ -1,0 +1,15 @@
+"""kzoo building blocks, written in `keras.ops` only."""
+
+from kzoo.layers.attention import SpatialSelfAttention
+from kzoo.layers.normalization import GroupNorm
+from kzoo.layers.quantizers import VectorQuantizer
+from kzoo.layers.resblocks import Downsample, ResBlock, Upsample
+
+__all__ = [
+    "Downsample",
+    "GroupNorm",
+    "ResBlock",
+    "SpatialSelfAttention",
+    "Upsample",
+    "VectorQuantizer",
+]

@@ -1,0 +1,133 @@
+"""Residual conv blocks, down- and up-sampling, as in DDPM and the VQGAN/LDM autoencoders.
+
+He et al. 2016 (https://arxiv.org/abs/1512.03385); the GroupNorm-SiLU-conv
+ordering and time-embedding injection follow Ho et al. 2020
+(https://arxiv.org/abs/2006.11239) and diffusers' `ResnetBlock2D`.
+"""
+
+import keras
+from keras import ops
+
+from kzoo.layers.normalization import GroupNorm
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class ResBlock(keras.layers.Layer):
+    """`x + conv(silu(norm(conv(silu(norm(x))) + emb)))`, with a 1x1 skip when channels change.
+
+    Args:
+        filters: output channels.
+        groups: GroupNorm groups.
+        dropout: dropout rate before the second conv.
+        **kwargs: base layer arguments.
+
+    `call(x, embedding=None)`: `embedding` (B, E) is projected to `filters` and
+    added after the first conv (the diffusion time/class embedding).
+    """
+
+    def __init__(self, filters, groups=32, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
+        self.filters = filters
+        self.groups = groups
+        self.dropout = dropout
+        self.norm1 = GroupNorm(groups, activation="silu", dtype=self.dtype_policy, name="norm1")
+        self.conv1 = keras.layers.Conv2D(
+            filters, 3, padding="same", dtype=self.dtype_policy, name="conv1"
+        )
+        self.norm2 = GroupNorm(groups, activation="silu", dtype=self.dtype_policy, name="norm2")
+        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.conv2 = keras.layers.Conv2D(
+            filters, 3, padding="same", dtype=self.dtype_policy, name="conv2"
+        )
+        self.embedding_proj = None
+        self.skip = None
+
+    def build(self, inputs_shape, embedding_shape=None):
+        self.norm1.build(inputs_shape)
+        self.conv1.build(inputs_shape)
+        out_shape = (*inputs_shape[:-1], self.filters)
+        self.norm2.build(out_shape)
+        self.conv2.build(out_shape)
+        if embedding_shape is not None:
+            self.embedding_proj = keras.layers.Dense(
+                self.filters, dtype=self.dtype_policy, name="embedding_proj"
+            )
+            self.embedding_proj.build(embedding_shape)
+        if inputs_shape[-1] != self.filters:
+            self.skip = keras.layers.Conv2D(self.filters, 1, dtype=self.dtype_policy, name="skip")
+            self.skip.build(inputs_shape)
+
+    def call(self, inputs, embedding=None, training=None):
+        hidden = self.conv1(self.norm1(inputs))
+        if embedding is not None:
+            if self.embedding_proj is None:
+                raise ValueError(
+                    "This ResBlock was built without an embedding; call it with one the "
+                    "first time to create the projection."
+                )
+            hidden = hidden + self.embedding_proj(ops.silu(embedding))[:, None, None, :]
+        hidden = self.conv2(self.drop(self.norm2(hidden), training=training))
+        shortcut = inputs if self.skip is None else self.skip(inputs)
+        return shortcut + hidden
+
+    def compute_output_shape(self, inputs_shape, embedding_shape=None):
+        return (*inputs_shape[:-1], self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "groups": self.groups, "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class Downsample(keras.layers.Layer):
+    """Halves height and width with a stride-2 3x3 conv."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(
+            filters, 3, strides=2, padding="same", dtype=self.dtype_policy, name="conv"
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, inputs):
+        return self.conv(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class Upsample(keras.layers.Layer):
+    """Doubles height and width: nearest-neighbour resize, then a 3x3 conv."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(
+            filters, 3, padding="same", dtype=self.dtype_policy, name="conv"
+        )
+
+    def build(self, input_shape):
+        self.conv.build((input_shape[0], None, None, input_shape[-1]))
+
+    def call(self, inputs):
+        # Repeat is a pure reshape/broadcast: converts to builtin TFLite ops.
+        upsampled = ops.repeat(ops.repeat(inputs, 2, axis=1), 2, axis=2)
+        return self.conv(upsampled)
+
+    def compute_output_shape(self, input_shape):
+        height = None if input_shape[1] is None else input_shape[1] * 2
+        width = None if input_shape[2] is None else input_shape[2] * 2
+        return (input_shape[0], height, width, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}

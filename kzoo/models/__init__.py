@@ -1,0 +1,5 @@
+"""kzoo assembled networks."""
+
+from kzoo.models.vqvae import VQVAE
+
+__all__ = ["VQVAE"]

@@ -1,0 +1,125 @@
+"""Run a recipe config: build the model and data, `fit` with checkpoints, resume.
+
+The data pipeline is deterministic and each resumed run skips the batches the
+checkpointed epochs consumed, so a run interrupted at any point and started
+again ends with the same weights as an uninterrupted one.
+"""
+
+import math
+import os
+
+import keras
+
+from kzoo.training import checkpoint as ckpt
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def build_model(model_config):
+    """Instantiate `kzoo.models.<class_name>(**args)` from a recipe's `model` dict."""
+    import kzoo.models
+
+    args = dict(model_config)
+    class_name = args.pop("class_name")
+    cls = getattr(kzoo.models, class_name, None)
+    if cls is None:
+        raise ValueError(
+            f"Unknown model class. Expected one of {kzoo.models.__all__}. "
+            f"Received: model.class_name={class_name!r}"
+        )
+    return cls(**args)
+
+
+def build_optimizer(config):
+    return keras.optimizers.AdamW(
+        learning_rate=config["learning_rate"],
+        weight_decay=config["weight_decay"],
+        use_ema=bool(config.get("ema", False)),
+        gradient_accumulation_steps=(
+            config["grad_accum_steps"] if config.get("grad_accum_steps", 1) > 1 else None
+        ),
+    )
+
+
+def validate_config(config):
+    """Check the training knobs of a resolved recipe config; raise a clear error."""
+    if config["precision"] not in PRECISIONS:
+        raise ValueError(
+            f"Unknown precision. Expected one of {list(PRECISIONS)}. "
+            f"Received: precision={config['precision']!r}"
+        )
+    for key in ("batch_size", "steps", "steps_per_epoch", "grad_accum_steps"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+    if not config["learning_rate"] > 0:
+        raise ValueError(
+            f"`learning_rate` must be positive. Received: learning_rate={config['learning_rate']!r}"
+        )
+
+
+def train_dataset(config, model, skip_batches=0):
+    """The recipe's infinite, deterministic training dataset, `skip_batches` in."""
+    import kzoo.data
+
+    height, width = model.image_shape[:2]
+    dataset = kzoo.data.load(
+        config["dataset"],
+        split="train",
+        batch_size=config["batch_size"],
+        image_size=height if height == width else (height, width),
+        shuffle=True,
+        seed=config["seed"],
+        deterministic=True,
+        repeat=True,
+        drop_remainder=True,
+    )
+    return dataset.skip(skip_batches) if skip_batches else dataset
+
+
+def train(config, workdir, steps=None, verbose="auto"):
+    """Train (or resume) the recipe `config` in `workdir`; return the trained model.
+
+    Args:
+        config: a resolved recipe config (`recipes.get_recipe`).
+        workdir: directory for `config.json`, checkpoints and `log.csv`.
+        steps: total optimizer steps; overrides `config["steps"]`.
+        verbose: passed to `fit`.
+
+    Returns:
+        The trained `keras.Model` (also saved as the workdir's checkpoint).
+    """
+    config = dict(config)
+    if steps is not None:
+        config["steps"] = steps
+    validate_config(config)
+    config["steps_per_epoch"] = min(config["steps_per_epoch"], config["steps"])
+    keras.mixed_precision.set_global_policy(config["precision"])
+    keras.utils.set_random_seed(config["seed"])
+    os.makedirs(workdir, exist_ok=True)
+
+    model, state = ckpt.load_checkpoint(workdir)
+    initial_epoch = state["epoch"] if state else 0
+    if model is None:
+        model = build_model(config["model"])
+        model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
+    ckpt.write_json_atomic(os.path.join(workdir, ckpt.CONFIG_FILE), config)
+
+    steps_per_epoch = config["steps_per_epoch"]
+    epochs = math.ceil(config["steps"] / steps_per_epoch)
+    if initial_epoch >= epochs:
+        return model
+    dataset = train_dataset(config, model, skip_batches=initial_epoch * steps_per_epoch)
+    model.fit(
+        dataset,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[
+            keras.callbacks.TerminateOnNaN(),
+            ckpt.CheckpointCallback(workdir, steps_per_epoch),
+            keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+        ],
+        verbose=verbose,
+    )
+    return model
