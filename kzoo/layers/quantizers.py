@@ -149,9 +149,10 @@ class VectorQuantizer(keras.layers.Layer):
         inputs = ops.cast(inputs, "float32")
         flat = ops.reshape(inputs, (-1, self.embedding_dim))  # (N, D)
         indices = nearest_code(flat, self.codebook)  # (N,)
+        # Look up before the EMA update so output, loss and indices agree (sonnet order).
+        quantized = ops.reshape(ops.take(self.codebook, indices, axis=0), ops.shape(inputs))
         if training and self.decay is not None:
             self._ema_update(flat, indices)
-        quantized = ops.reshape(ops.take(self.codebook, indices, axis=0), ops.shape(inputs))
 
         commitment = ops.mean(ops.square(inputs - ops.stop_gradient(quantized)))
         loss = self.commitment_cost * commitment

@@ -77,8 +77,10 @@ class VQVAE(keras.Model):
                 f"`channels` must be a non-empty sequence of positive integers. "
                 f"Received: channels={channels!r}"
             )
-        if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or (
-            num_res_blocks < 1
+        if (
+            isinstance(num_res_blocks, bool)
+            or not isinstance(num_res_blocks, int)
+            or (num_res_blocks < 1)
         ):
             raise ValueError(
                 f"`num_res_blocks` must be a positive integer. "
@@ -118,6 +120,10 @@ class VQVAE(keras.Model):
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
         self.vq_loss_tracker = keras.metrics.Mean(name="vq_loss")
+        # Encoder and decoder are built functional models; building the quantizer
+        # completes the model, so weights exist before the first call.
+        self.quantizer.build((None, *self.latent_shape))
+        self.built = True
 
     # === Functional sub-models ===
     def _build_encoder(self):
@@ -203,8 +209,12 @@ class VQVAE(keras.Model):
     # === Export ===
     def export_endpoints(self):
         """Serving signatures: reconstruction (default), `encode` and `decode`."""
-        image_spec = keras.InputSpec(shape=(None, *self.image_shape), dtype="float32", name="images")
-        index_spec = keras.InputSpec(shape=(None, *self.latent_shape[:2]), dtype="int32", name="indices")
+        image_spec = keras.InputSpec(
+            shape=(None, *self.image_shape), dtype="float32", name="images"
+        )
+        index_spec = keras.InputSpec(
+            shape=(None, *self.latent_shape[:2]), dtype="int32", name="indices"
+        )
         return {
             "serving_default": (
                 lambda images: {"reconstruction": self(images, training=False)},
@@ -234,8 +244,10 @@ class VQVAE(keras.Model):
                 f"{self.latent_shape[1]}). Received: indices.shape={shape}"
             )
         values = _concrete(indices)
-        if values is not None and values.size and (
-            values.min() < 0 or values.max() >= self.codebook_size
+        if (
+            values is not None
+            and values.size
+            and (values.min() < 0 or values.max() >= self.codebook_size)
         ):
             raise ValueError(
                 f"Code indices must lie in [0, {self.codebook_size}) (`codebook_size`). "

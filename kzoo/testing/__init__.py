@@ -1,0 +1,46 @@
+"""Shared test helpers (keras-hub style): round trips, precision policies, gradients."""
+
+import contextlib
+import os
+
+import keras
+import numpy as np
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Temporarily set the global Keras dtype policy (e.g. "mixed_float16")."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def assert_config_roundtrip(layer):
+    """`from_config(get_config())` rebuilds a layer with an identical config."""
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config, (clone.get_config(), config)
+    return clone
+
+
+def assert_keras_roundtrip(model, inputs, directory, atol=0.0):
+    """Save `model` as `.keras`, reload it, and check identical outputs on `inputs`."""
+    path = os.path.join(directory, f"{model.name}.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    actual = keras.ops.convert_to_numpy(reloaded(inputs, training=False))
+    np.testing.assert_allclose(actual, expected, atol=atol, rtol=0)
+    return reloaded
+
+
+def gradients(fn, variables):
+    """Gradients of the scalar `fn()` with respect to `variables` (TF backend)."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        value = fn()
+    return tape.gradient(value, variables)
