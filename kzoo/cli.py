@@ -106,7 +106,9 @@ def _workdir_config(workdir):
             f"Received: workdir={workdir!r}"
         ) from None
     except ValueError:
-        raise ValueError(f"The workdir's config.json is corrupt. Received: workdir={workdir!r}")
+        raise ValueError(
+            f"The workdir's config.json is corrupt. Received: workdir={workdir!r}"
+        ) from None
 
 
 def evaluate(workdir, num_examples=512):

@@ -1,0 +1,135 @@
+"""`kzoo` end to end on a tiny VQ-VAE: train, resume, evaluate, reconstruct, export, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kzoo.cli import main
+
+TINY = [
+    "--set",
+    "model.image_shape=(16,16,3)",
+    "--set",
+    "model.channels=(8,16)",
+    "--set",
+    "model.norm_groups=4",
+    "--set",
+    "model.codebook_size=16",
+    "--set",
+    "model.embedding_dim=8",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "steps_per_epoch=2",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _weights(workdir):
+    from kzoo.training import load_trained_model
+
+    return [np.asarray(w) for w in load_trained_model(workdir).get_weights()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir trained 4 steps straight, and one trained 2 steps then resumed to 4."""
+    root = tmp_path_factory.mktemp("cli")
+    straight, resumed = str(root / "straight"), str(root / "resumed")
+    assert main(["train", "vqvae_shapes", "--workdir", straight, "--steps", "4", *TINY]) == 0
+    assert main(["train", "vqvae_shapes", "--workdir", resumed, "--steps", "2", *TINY]) == 0
+    assert main(["train", "vqvae_shapes", "--workdir", resumed, "--steps", "4", *TINY]) == 0
+    return root, straight, resumed
+
+
+def test_recipes_lists_summaries(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "vqvae_shapes" in out and "VQ-VAE" in out
+
+
+def test_train_writes_config_checkpoint_and_resumes_exactly(trained):
+    _, straight, resumed = trained
+    with open(os.path.join(straight, "config.json")) as f:
+        config = json.load(f)
+    assert config["model"]["channels"] == [8, 16] and config["steps"] == 4
+    with open(os.path.join(resumed, "state.json")) as f:
+        state = json.load(f)
+    assert state == {"epoch": 2, "step": 4, "checkpoint": "checkpoint-00000004.keras"}
+    # Only the current checkpoint is kept, and no temporary file is left behind.
+    assert sorted(f for f in os.listdir(resumed) if "checkpoint" in f) == [
+        "checkpoint-00000004.keras"
+    ]
+    # Resuming restores weights, optimizer state and data position: same result.
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with open(os.path.join(resumed, "log.csv")) as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1"]
+
+
+def test_evaluate_and_reconstruct(trained, capsys):
+    root, straight, _ = trained
+    assert main(["evaluate", straight, "--num-examples", "32"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_examples"] == 32
+    assert 0 < metrics["codebook_usage"] <= 1 and metrics["test_psnr_db"] > 0
+    png = str(root / "grid.png")
+    assert main(["reconstruct", straight, "--out", png, "--num", "4"]) == 0
+    width, height = Image.open(png).size
+    assert (width, height) == (4 * (16 * 2 + 2) + 2, 2 * (16 * 2 + 2) + 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "nope"], "Unknown recipe. Expected one of ['vqvae_shapes'"),
+        (["train", "vqvae_shapes", "--set", "nope=1"], "Unknown config key"),
+        (["train", "vqvae_shapes", "--set", "batch_size=big"], "Received: batch_size='big'"),
+        (["train", "vqvae_shapes", "--set", "precision=fp8"], "Received: precision='fp8'"),
+        (["train", "vqvae_shapes", "--set", "model.codebook_size=0"], "codebook_size=0"),
+        (["evaluate", "/nonexistent/workdir"], "Received: workdir='/nonexistent/workdir'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
+    if argv[0] == "train":
+        argv = [*argv, "--workdir", str(tmp_path / "w"), "--steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kzoo: error: ") and message in err and "\n" not in err, err
+
+
+def test_untrained_and_corrupt_workdirs(trained, tmp_path, capsys):
+    _, straight, _ = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(open(os.path.join(straight, "config.json")).read())
+    assert main(["export", str(empty), "--format", "saved_model"]) == 2
+    assert "holds no trained model" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("config.json", "state.json"):
+        (corrupt / name).write_text(open(os.path.join(straight, name)).read())
+    (corrupt / "checkpoint-00000004.keras").write_bytes(b"not a zip file")
+    assert main(["reconstruct", str(corrupt), "--out", str(tmp_path / "x.png")]) == 2
+    assert "cannot be loaded" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_process_prints_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "kzoo", "train", "vqvae_shapes", "--set", "steps=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "kzoo: error: `steps` must be a positive integer. Received: steps=-1"
+    )
