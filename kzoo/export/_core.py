@@ -1,0 +1,279 @@
+"""Shared pieces of `kzoo.export`: the endpoint contract, SavedModel writing, file layout.
+
+A model that can be exported has `export_endpoints() -> dict[str, (fn, input_specs)]`:
+`fn` takes tensors positionally and returns a dict of named output tensors, and
+`input_specs` is a list of `keras.InputSpec` with a full shape (batch dim `None` for a
+dynamic batch), a dtype and a `name` (the signature's input name). The first key is the
+default signature.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+
+DEFAULT_SIGNATURE = "serving_default"
+# An endpoint named `serve` makes the TFLite converter silently drop all other signatures.
+RESERVED_ENDPOINT_NAMES = ("serve",)
+TMP_PREFIX = ".tmp-"
+LITERT_DIR_SUFFIX = "_litert"
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SIGNATURE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Endpoint:
+    """One validated export endpoint: a traced function and its named input specs."""
+
+    def __init__(self, name, fn, tensor_specs):
+        self.name = name
+        self.fn = fn
+        self.tensor_specs = tensor_specs
+
+    @property
+    def input_names(self):
+        return [spec.name for spec in self.tensor_specs]
+
+
+def get_endpoints(model):
+    """Validates `model.export_endpoints()` and returns `{name: Endpoint}` in model order.
+
+    Raises:
+        TypeError: the model has no `export_endpoints`, or it returns the wrong types.
+        ValueError: an endpoint is named `serve`, or an input spec lacks a shape or name.
+    """
+    export_endpoints = getattr(model, "export_endpoints", None)
+    if not callable(export_endpoints):
+        raise TypeError(
+            f"{type(model).__name__} cannot be exported: it has no `export_endpoints()` method "
+            "returning {signature_name: (fn, input_specs)}. "
+            f"Received: model={type(model).__name__}"
+        )
+    raw = export_endpoints()
+    if not isinstance(raw, dict) or not raw:
+        raise TypeError(
+            f"{type(model).__name__}.export_endpoints() must return a non-empty dict "
+            f"{{signature_name: (fn, input_specs)}}. Received: {type(raw).__name__} {raw!r}"
+        )
+    endpoints = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _SIGNATURE_PATTERN.match(name):
+            raise ValueError(
+                "Endpoint names must be identifiers (letters, digits, underscores). "
+                f"Received: endpoint name={name!r}"
+            )
+        if name in RESERVED_ENDPOINT_NAMES:
+            raise ValueError(
+                f"An endpoint named {name!r} makes the TFLite converter drop every other "
+                f"signature; rename it (the default is {DEFAULT_SIGNATURE!r}). "
+                f"Received: endpoint name={name!r}"
+            )
+        if not (isinstance(value, (tuple, list)) and len(value) == 2 and callable(value[0])):
+            raise TypeError(
+                f"Endpoint {name!r} must be a (fn, input_specs) tuple. Received: {value!r}"
+            )
+        fn, input_specs = value
+        endpoints[name] = Endpoint(name, fn, _to_tensor_specs(name, input_specs))
+    return endpoints
+
+
+def _to_tensor_specs(endpoint_name, input_specs):
+    if not isinstance(input_specs, (list, tuple)) or not input_specs:
+        raise TypeError(
+            f"Endpoint {endpoint_name!r} needs a non-empty list of keras.InputSpec. "
+            f"Received: input_specs={input_specs!r}"
+        )
+    tensor_specs = []
+    for i, spec in enumerate(input_specs):
+        shape = getattr(spec, "shape", None)
+        dtype = getattr(spec, "dtype", None)
+        if shape is None or dtype is None:
+            raise ValueError(
+                f"Input {i} of endpoint {endpoint_name!r} needs a full shape and a dtype "
+                f"(e.g. keras.InputSpec(shape=(None, 32, 32, 3), dtype='float32', "
+                f"name='images')). Received: {spec!r}"
+            )
+        name = getattr(spec, "name", None) or f"input_{i}"
+        if not _SIGNATURE_PATTERN.match(name):
+            raise ValueError(
+                f"Input names of endpoint {endpoint_name!r} must be identifiers. "
+                f"Received: name={name!r}"
+            )
+        tensor_specs.append(tf.TensorSpec(tuple(shape), tf.as_dtype(dtype), name=name))
+    names = [spec.name for spec in tensor_specs]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"Input names of endpoint {endpoint_name!r} must be unique. Received: names={names}"
+        )
+    return tensor_specs
+
+
+def _checked(endpoint):
+    """Wraps an endpoint fn so a non-dict return fails at trace time with a clear message."""
+
+    def traced(*args):
+        outputs = endpoint.fn(*args)
+        if not isinstance(outputs, dict) or not all(isinstance(k, str) for k in outputs):
+            raise TypeError(
+                f"Endpoint {endpoint.name!r} must return a dict of named output tensors "
+                f"(the names become the signature's output names). "
+                f"Received: {type(outputs).__name__}"
+            )
+        return outputs
+
+    return traced
+
+
+def write_saved_model(model, endpoints, path):
+    """Writes `model` with one signature per endpoint to the (existing, empty) dir `path`.
+
+    Uses `keras.export.ExportArchive`, so variables are tracked and the signatures keep
+    the input spec names and the output dict keys. If no endpoint is named
+    `serving_default`, the first endpoint is also exported under that name so TF Serving
+    has a default signature.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for endpoint in endpoints.values():
+        archive.add_endpoint(
+            endpoint.name, _checked(endpoint), input_signature=endpoint.tensor_specs
+        )
+    if DEFAULT_SIGNATURE not in endpoints:
+        first = next(iter(endpoints.values()))
+        archive.add_endpoint(DEFAULT_SIGNATURE, _checked(first), input_signature=first.tensor_specs)
+    archive.write_out(path, verbose=False)
+
+
+def saved_model_signature_names(saved_model_dir):
+    """Returns the signature names of a SavedModel's `serve` graph, `serving_default` first."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = os.path.join(saved_model_dir, "saved_model.pb")
+    if not os.path.isfile(pb_path):
+        raise ValueError(
+            "Expected a SavedModel directory containing saved_model.pb. "
+            f"Received: saved_model_dir={saved_model_dir!r}"
+        )
+    saved_model = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            names = [k for k in meta_graph.signature_def if not k.startswith("__")]
+            return sorted(names, key=lambda k: (k != DEFAULT_SIGNATURE, k))
+    raise ValueError(f"No 'serve' MetaGraph in {saved_model_dir!r}.")
+
+
+# --- layout and atomic writes ---------------------------------------------------------
+
+
+def check_name(name):
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise ValueError(
+            "`name` must be a non-empty directory name of letters, digits, '_', '-', '.' "
+            f"not starting with '.' or '-'. Received: name={name!r}"
+        )
+    return name
+
+
+def resolve_name(model, name):
+    if name is None:
+        name = getattr(model, "name", None) or type(model).__name__
+    return check_name(name)
+
+
+def check_out_dir(out_dir):
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(
+            f"`out_dir` must be a directory (it is an existing file). Received: out_dir={out_dir!r}"
+        )
+    return out_dir
+
+
+def numeric_versions(directory):
+    """Integer version subdirectories of `directory` (TF Serving ignores everything else)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        int(entry)
+        for entry in os.listdir(directory)
+        if entry.isdigit() and int(entry) > 0 and os.path.isdir(os.path.join(directory, entry))
+    )
+
+
+def resolve_version(version, check_dirs, scan_dirs):
+    """Returns `version` if free in every `check_dirs`, or the next integer after the
+    largest version in `scan_dirs` (SavedModel and LiteRT dirs share the numbering)."""
+    if version is None:
+        existing = [v for d in scan_dirs for v in numeric_versions(d)]
+        return max(existing, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be a positive int. Received: version={version!r}")
+    for directory in check_dirs:
+        if os.path.exists(os.path.join(directory, str(version))):
+            raise ValueError(
+                f"Version {version} already exists in {directory!r}; pick another or leave "
+                f"version=None for the next free one. Received: version={version}"
+            )
+    return version
+
+
+def check_is_dir(path):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"Expected a directory, found a file. Received: path={path!r}")
+
+
+def make_temp_dir(parent):
+    """Creates `<parent>/.tmp-<random>` with default permissions (mkdtemp's 0700 would
+    hide the export from a TF Serving process running as another user)."""
+    check_is_dir(parent)
+    os.makedirs(parent, exist_ok=True)
+    path = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    os.mkdir(path)
+    return path
+
+
+def commit_dir(temp_path, final_path):
+    """Renames a finished temp dir into place; refuses to replace an existing path."""
+    if os.path.exists(final_path):
+        raise ValueError(f"{final_path!r} appeared while exporting; not replacing it.")
+    os.replace(temp_path, final_path)
+
+
+@contextlib.contextmanager
+def temp_dirs():
+    """Collects temp dirs and removes those still present when the block ends."""
+    created = []
+    try:
+        yield created
+    finally:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_empty_dirs(paths):
+    """Removes each of `paths` that exists and is empty (deepest first)."""
+    for path in sorted(paths, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def atomic_write_bytes(path, data):
+    """Writes `data` to `path` through a `.tmp-` file in the same dir and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp_path = os.path.join(
+        directory, f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        with open(temp_path, "xb") as f:
+            f.write(data)
+        os.replace(temp_path, path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
