@@ -158,32 +158,52 @@ def _cmd_reconstruct(args):
     print(f"Wrote {reconstruct(args.workdir, args.out, args.num)}")
 
 
+def parity_batch(model, config, num=8):
+    """A parity batch of real test images (and their codes) instead of random inputs."""
+    import kzoo.data
+
+    images, _ = kzoo.data.load_arrays(
+        config["dataset"], split="test", num_examples=num, image_size=model.image_shape[0]
+    )
+    import numpy as np
+
+    indices = np.asarray(model.encode(images))
+    return {
+        "serving_default": {"images": images},
+        "encode": {"images": images},
+        "decode": {"indices": indices},
+    }
+
+
 def _cmd_export(args):
-    from kzoo.export import export_litert_versions, export_saved_model, format_parity_table
+    from kzoo.export import export_all, format_parity_table
     from kzoo.training import load_trained_model
 
     config = _workdir_config(args.workdir)
-    model = load_trained_model(args.workdir)
-    name = args.name or config.get("recipe") or model.name
-    if args.format == "saved_model":
-        if args.quantize != "none":
-            raise ValueError(
-                "--quantize applies to LiteRT only. "
-                f"Received: --format=saved_model --quantize={args.quantize}"
-            )
-        result = export_saved_model(model, args.out, name=name, version=args.version)
-    else:
-        result = export_litert_versions(
-            model, args.out, name=name, quantize=(args.quantize,), version=args.version
+    if args.format == "saved_model" and args.quantize != "none":
+        raise ValueError(
+            "--quantize applies to LiteRT only. "
+            f"Received: --format=saved_model --quantize={args.quantize}"
         )
-    print(format_parity_table(result.parity))
+    model = load_trained_model(args.workdir)
+    results = export_all(
+        model,
+        args.out,
+        name=args.name or config.get("recipe") or model.name,
+        formats=(args.format,),
+        quantize=(args.quantize,),
+        version=args.version,
+        parity_batch=parity_batch(model, config),
+    )
+    result = results[args.format]
+    print(format_parity_table([result.parity]))
     print(f"Exported to {result.path}")
 
 
 def _cmd_demo(args):
     import recipes
     from kzoo.export import export_all, format_parity_table
-    from kzoo.training import train
+    from kzoo.training import load_trained_model, train
 
     config = recipes.get_recipe("vqvae_shapes")
     print(f"== Training vqvae_shapes in {args.workdir} (resumes if interrupted)")
@@ -193,18 +213,19 @@ def _cmd_demo(args):
     print(json.dumps(metrics, indent=2))
     png = reconstruct(args.workdir, os.path.join(args.workdir, "reconstruction.png"))
     print("== Export: SavedModel (TF Serving layout) + LiteRT float32/float16, parity checked")
-    from kzoo.training import load_trained_model
 
+    model = load_trained_model(args.workdir)
     results = export_all(
-        load_trained_model(args.workdir),
+        model,
         args.out,
         name="vqvae_shapes",
         quantize=("none", "float16"),
+        parity_batch=parity_batch(model, config),
     )
-    for result in results:
-        print(format_parity_table(result.parity))
+    print(format_parity_table([result.parity for result in results.values()]))
     print("== Files")
-    print(f"  checkpoint + config.json + log.csv : {args.workdir}")
-    for result in results:
-        print(f"  {result.format:<34} : {result.path}")
-    print(f"  reconstruction grid (top: input)   : {png}")
+    print(f"  checkpoint, config.json, log.csv : {args.workdir}")
+    for result in results.values():
+        files = ", ".join(os.path.basename(f) for f in result.files.values())
+        print(f"  {result.format:<32} : {result.path}" + (f" ({files})" if files else ""))
+    print(f"  {'reconstruction grid (top: input)':<32} : {png}")

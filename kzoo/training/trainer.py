@@ -115,6 +115,7 @@ def train(config, workdir, steps=None, verbose="auto"):
         epochs=epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # the dataset shuffles itself, deterministically
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
             ckpt.CheckpointCallback(workdir, steps_per_epoch),

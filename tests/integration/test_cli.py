@@ -133,3 +133,24 @@ def test_cli_process_prints_no_traceback():
     assert result.stderr.strip().splitlines()[-1] == (
         "kzoo: error: `steps` must be a positive integer. Received: steps=-1"
     )
+
+
+def test_export_both_formats_with_parity_on_real_images(trained, capsys):
+    root, straight, _ = trained
+    out = str(root / "exported")
+    assert main(["export", straight, "--format", "saved_model", "--out", out]) == 0
+    assert (
+        main(["export", straight, "--format", "litert", "--quantize", "float16", "--out", out]) == 0
+    )
+    capsys.readouterr()
+    assert sorted(os.listdir(out)) == ["vqvae_shapes", "vqvae_shapes_litert"]
+    assert os.listdir(os.path.join(out, "vqvae_shapes")) == ["1"]
+    assert sorted(os.listdir(os.path.join(out, "vqvae_shapes_litert", "2"))) == [
+        "float16.tflite",
+        "parity.json",
+    ]
+    with open(os.path.join(out, "vqvae_shapes", "1", "parity.json")) as f:
+        text = f.read()
+    assert "reconstruction" in text and "index_agreement" in text
+    assert main(["export", straight, "--format", "saved_model", "--quantize", "float16"]) == 2
+    assert "--quantize applies to LiteRT only" in capsys.readouterr().err
