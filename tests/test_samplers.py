@@ -1,0 +1,432 @@
+"""Samplers checked against closed forms, with no reference implementation to compare to.
+
+For data x0 ~ N(mu, diag(s^2)) the optimal denoiser is closed form:
+E[x0 | x_t] = mu + sqrt(a) s^2 / (a s^2 + 1 - a) * (x_t - sqrt(a) mu). With it every
+sampler must reproduce mu and s. For the deterministic samplers there is a sharper
+oracle: the probability-flow ODE of a Gaussian has linear drift, and
+y = (x_t - sqrt(a_t) mu) / sqrt(a_t s^2 + 1 - a_t) is constant along it (dy/dt = 0 by
+direct substitution), so the exact ODE maps the start x_T (at a_T = alphas_cumprod of
+the first spaced timestep) to x0 = mu + s * y_T, per sample. This is exact for the
+continuous ODE, unlike DDIM with 1000 steps, which has its own O(1/1000) error (about
+1e-2 here), so errors below are pure discretisation error of each solver.
+
+Errors were measured with trailing spacing, the linear schedule (T = 1000), 2048
+samples in 4 dimensions, mu = (-1.5, 0.3, 1, 2), s = (0.3, 0.8, 1, 1.7) (the small
+s = 0.3 makes the ODE curved near the data, which is where the solvers differ).
+TensorFlow may be imported in tests only.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from kzoo.diffusion import schedules
+from kzoo.diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverMultistepSampler,
+    EulerSampler,
+    HeunSampler,
+    make_sampler,
+    sample,
+)
+from kzoo.diffusion.schedules import make_schedule
+
+MU = np.array([-1.5, 0.3, 1.0, 2.0], np.float32)
+STD = np.array([0.3, 0.8, 1.0, 1.7], np.float32)
+NUM_SAMPLES = 2048
+NOISE = np.random.default_rng(0).standard_normal((NUM_SAMPLES, 4)).astype(np.float32)
+LINEAR = make_schedule("linear")
+ZERO_SNR = make_schedule("linear", rescale_zero_terminal_snr=True)
+
+
+def gaussian_denoiser(schedule, prediction_type):
+    """The optimal denoiser for N(MU, STD^2) data, in keras.ops, for any prediction type."""
+    alphas_cumprod = ops.convert_to_tensor(schedule.alphas_cumprod)
+
+    def denoiser(x_t, t, conditioning):
+        if "int" in str(t.dtype):
+            alpha = ops.take(alphas_cumprod, t)
+        else:  # Euler/Heun: float (possibly fractional) timesteps
+            alpha = 1.0 / (1.0 + ops.square(schedules.timestep_to_sigma(schedule, t)))
+        alpha = ops.reshape(alpha, (-1, 1))
+        gain = ops.sqrt(alpha) * STD**2 / (alpha * STD**2 + 1.0 - alpha)
+        x0 = MU + gain * (x_t - ops.sqrt(alpha) * MU)
+        eps = (x_t - ops.sqrt(alpha) * x0) / ops.sqrt(1.0 - alpha)
+        if prediction_type == "eps":
+            return eps
+        if prediction_type == "v":
+            return ops.sqrt(alpha) * eps - ops.sqrt(1.0 - alpha) * x0
+        return x0
+
+    return denoiser
+
+
+def exact_ode_solution(noise, start_alpha):
+    """Where the exact probability-flow ODE takes x_T = noise (see module docstring)."""
+    y = (noise - np.sqrt(start_alpha) * MU) / np.sqrt(start_alpha * STD**2 + 1.0 - start_alpha)
+    return MU + STD * y
+
+
+def run(sampler, num_steps, noise=NOISE, seed=0, jit_compile=False, schedule=LINEAR):
+    """`sample` with the Gaussian denoiser, traced once per call site (tensor steps)."""
+    denoiser = gaussian_denoiser(schedule, sampler.prediction_type)
+    fn = tf.function(
+        lambda z, n, s: sample(denoiser, sampler, z, n, seed=s), jit_compile=jit_compile
+    )
+    if isinstance(num_steps, int):
+        num_steps = [num_steps]
+    return [fn(noise, tf.constant(n), tf.constant(seed)).numpy() for n in num_steps]
+
+
+EXACT = exact_ode_solution(NOISE, float(LINEAR.alphas_cumprod[-1]))
+
+
+# Measured (mean |err|, max |err|) against EXACT, at n and 4n steps:
+#   ddim  50: 3.0e-2, 0.20    200: 7.6e-3, 0.050  (first order: ratio 3.9)
+#   dpm   20: 1.1e-2, 0.13     80: 1.1e-3, 6.7e-3 (second order: ratio 10.7)
+#   euler 50: 3.0e-2, 0.20 (Euler on the discrete sigmas is DDIM exactly)
+#   euler karras 50: 4.1e-2, 0.32   200: 1.0e-2, 0.081 (ratio 4.0)
+#   heun  20: 1.1e-2, 0.11     80: 1.1e-3, 0.011 (ratio 10.5)
+#   heun karras 20: 3.0e-2, 0.22   80: 1.5e-3, 0.012 (ratio 19.5)
+DETERMINISTIC_CASES = {
+    # name: (sampler factory, steps, mae tolerance, max tolerance, min error ratio n -> 4n)
+    "ddim": (lambda: DDIMSampler(LINEAR), 50, 0.04, 0.26, 3.0),
+    "dpmpp_2m": (lambda: DPMSolverMultistepSampler(LINEAR), 20, 0.015, 0.17, 7.0),
+    "euler": (lambda: EulerSampler(LINEAR), 50, 0.04, 0.26, 3.0),
+    "euler_karras": (lambda: EulerSampler(LINEAR, use_karras_sigmas=True), 50, 0.055, 0.42, 3.0),
+    "heun": (lambda: HeunSampler(LINEAR), 20, 0.015, 0.13, 7.0),
+    "heun_karras": (lambda: HeunSampler(LINEAR, use_karras_sigmas=True), 20, 0.04, 0.29, 7.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETERMINISTIC_CASES))
+def test_deterministic_samplers_converge_to_the_exact_ode_solution(case):
+    factory, steps, mae_tol, max_tol, min_ratio = DETERMINISTIC_CASES[case]
+    coarse, fine = run(factory(), [steps, 4 * steps])
+    coarse_mae = np.abs(coarse - EXACT).mean()
+    fine_mae = np.abs(fine - EXACT).mean()
+    assert coarse_mae < mae_tol
+    assert np.abs(coarse - EXACT).max() < max_tol
+    # The solver's order shows in how fast the error falls: ~4x (first) or ~16x (second).
+    assert coarse_mae / fine_mae > min_ratio
+    # And the samples have the data's statistics: sampling error of 2048 samples is
+    # s / 45 on the mean and 1.6% on the std; measured at 4n: mean <= 0.017, std <= 3.9%.
+    assert np.all(np.abs(fine.mean(0) - MU) < 4 * STD / np.sqrt(NUM_SAMPLES))
+    assert np.all(np.abs(fine.std(0) / STD - 1) < 0.065)
+
+
+# Measured at these steps (max over the 4 dims): mean error <= 1.6 standard errors,
+# std error <= 3.2%. Coarser ancestral sampling is biased low in std (DDPM at
+# 50 steps: -16%), as expected from the posterior mean of a skipped interval.
+STOCHASTIC_CASES = {
+    "ddpm": (lambda: DDPMSampler(LINEAR), 1000),
+    "ddpm_fixed_large": (lambda: DDPMSampler(LINEAR, variance_type="fixed_large"), 1000),
+    "ddim_eta_1": (lambda: DDIMSampler(LINEAR, eta=1.0), 500),
+    "ddim_eta_0.5": (lambda: DDIMSampler(LINEAR, eta=0.5), 250),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STOCHASTIC_CASES))
+def test_stochastic_samplers_reproduce_the_data_distribution(case):
+    factory, steps = STOCHASTIC_CASES[case]
+    (out,) = run(factory(), steps, seed=11)
+    assert np.all(np.abs(out.mean(0) - MU) < 4 * STD / np.sqrt(NUM_SAMPLES))
+    assert np.all(np.abs(out.std(0) / STD - 1) < 0.07)
+    # Not the ODE solution: the noise injected along the way moved every sample.
+    assert np.abs(out - EXACT).mean() > 0.3
+
+
+def test_dpm_solver_is_closer_to_the_exact_ode_than_ddim_at_20_steps():
+    (ddim,) = run(DDIMSampler(LINEAR), 20)
+    (dpm,) = run(DPMSolverMultistepSampler(LINEAR), 20)
+    ddim_error = np.abs(ddim - EXACT).mean()
+    dpm_error = np.abs(dpm - EXACT).mean()
+    # Measured: DDIM 7.2e-2, DPM-Solver++(2M) 1.1e-2.
+    assert dpm_error < 0.25 * ddim_error
+
+
+SAMPLER_NAMES = [
+    ("ddpm", {}),
+    ("ddim", {}),
+    ("dpmpp_2m", {}),
+    ("euler", {}),
+    ("heun", {"use_karras_sigmas": True}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", SAMPLER_NAMES)
+def test_eps_v_and_x0_denoisers_give_the_same_samples(name, kwargs):
+    outputs = [
+        run(make_sampler(name, LINEAR, prediction_type=p, **kwargs), 10, seed=5)[0]
+        for p in ("eps", "v", "x0")
+    ]
+    # Measured max difference: 1.2e-5 (float32 round-off of the conversions).
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)
+    np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-4)
+
+
+def test_sampler_identities():
+    # DDIM with eta = 1 is DDPM's "fixed_small" ancestral sampler (same step noise).
+    ddpm, ddim_1 = (
+        run(DDPMSampler(LINEAR), 30, seed=3)[0],
+        run(DDIMSampler(LINEAR, eta=1.0), 30, seed=3)[0],
+    )
+    np.testing.assert_allclose(ddim_1, ddpm, atol=1e-4)
+    # First-order DPM-Solver++ and Euler on the discrete sigmas are DDIM (eta = 0).
+    (ddim,) = run(DDIMSampler(LINEAR), 30)
+    np.testing.assert_allclose(
+        run(DPMSolverMultistepSampler(LINEAR, solver_order=1), 30)[0], ddim, atol=1e-4
+    )
+    np.testing.assert_allclose(run(EulerSampler(LINEAR), 30)[0], ddim, atol=1e-4)
+
+
+def test_ddim_eta_zero_is_deterministic():
+    sampler = DDIMSampler(LINEAR)
+    first, again = run(sampler, 20, seed=1)[0], run(sampler, 20, seed=2)[0]
+    np.testing.assert_array_equal(first, again)  # the seed is unused
+    other_noise = keras.random.normal((NUM_SAMPLES, 4), seed=1)
+    (other,) = run(sampler, 20, noise=other_noise)
+    assert np.abs(other - first).mean() > 0.5
+
+
+def test_stochastic_seeds_reproduce():
+    sampler = DDPMSampler(LINEAR)
+    denoiser = gaussian_denoiser(LINEAR, "eps")
+    noise = NOISE[:64]
+    a = sample(denoiser, sampler, noise, 20, seed=7)
+    b = sample(denoiser, sampler, noise, 20, seed=7)
+    c = sample(denoiser, sampler, noise, 20, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 0.1
+    # An int tensor seed (an exported endpoint's input) matches the same Python int.
+    np.testing.assert_allclose(
+        sample(denoiser, sampler, noise, 20, seed=tf.constant(7)), a, atol=1e-6
+    )
+    # A SeedGenerator advances: two calls differ, two generators with one seed agree.
+    gen_a, gen_b = keras.random.SeedGenerator(3), keras.random.SeedGenerator(3)
+    first = sample(denoiser, sampler, noise, 20, seed=gen_a)
+    second = sample(denoiser, sampler, noise, 20, seed=gen_a)
+    np.testing.assert_array_equal(sample(denoiser, sampler, noise, 20, seed=gen_b), first)
+    assert np.abs(first - second).mean() > 0.1
+    # Without a seed, the sampler's own generator is used (constructor seed).
+    seeded = [DDPMSampler(LINEAR, seed=4) for _ in range(2)]
+    np.testing.assert_array_equal(
+        sample(denoiser, seeded[0], noise, 5), sample(denoiser, seeded[1], noise, 5)
+    )
+
+
+# Zero terminal SNR: a_T = 0, so the exact ODE maps x_T to mu + s * x_T. Measured mean
+# |err| at 20 steps: DDIM/Euler 7.2e-2, DPM++ 1.1e-2, Heun 1.2e-2 (Euler's sigma_max
+# uses a_T = 2**-24, so its start is off by ~2e-4).
+@pytest.mark.parametrize(
+    "name, tolerance", [("ddim", 0.09), ("dpmpp_2m", 0.015), ("euler", 0.09), ("heun", 0.015)]
+)
+def test_zero_terminal_snr_with_v_prediction(name, tolerance):
+    sampler = make_sampler(name, ZERO_SNR, prediction_type="v")
+    (out,) = run(sampler, 20, schedule=ZERO_SNR)
+    assert np.all(np.isfinite(out))
+    assert np.abs(out - (MU + STD * NOISE)).mean() < tolerance
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timesteps_match_diffusers_spacing(spacing):
+    total = 1000
+    for n in (1, 3, 7, 16, 20, 50, 333, 999, 1000):
+        offset = 1 if spacing == "leading" and n <= 500 else 0
+        sampler = DDIMSampler(LINEAR, timestep_spacing=spacing, steps_offset=offset)
+        got = np.asarray(sampler.set_timesteps(n))
+        # The formulas of diffusers' DDIMScheduler.set_timesteps.
+        if spacing == "leading":
+            expected = (np.arange(0, n) * (total // n)).round()[::-1] + offset
+        elif spacing == "trailing":
+            expected = np.round(np.arange(total, 0, -total / n)) - 1
+        else:
+            expected = np.linspace(0, total - 1, n).round()[::-1]
+        np.testing.assert_array_equal(got, expected.astype(np.int64), err_msg=f"n={n}")
+        assert got.dtype == np.int32
+    assert sampler.timesteps is not None and sampler.num_inference_steps == 1000
+
+
+def test_euler_and_heun_tables():
+    euler = EulerSampler(LINEAR)
+    timesteps = np.asarray(euler.set_timesteps(4))
+    np.testing.assert_array_equal(timesteps, [999, 749, 499, 249])
+    np.testing.assert_allclose(
+        np.asarray(euler.sigmas), list(LINEAR.sigmas[[999, 749, 499, 249]]) + [0], rtol=1e-6
+    )
+    assert float(euler.init_noise_sigma) == pytest.approx(np.sqrt(LINEAR.sigmas[999] ** 2 + 1))
+    karras = EulerSampler(LINEAR, use_karras_sigmas=True)
+    karras.set_timesteps(5)
+    sigmas = np.asarray(karras.sigmas)
+    # Karras et al. Eq. 5 with rho = 7, from sigma_max to the schedule's sigma_min.
+    ramp = np.linspace(0, 1, 5)
+    lo, hi = LINEAR.sigmas[0] ** (1 / 7), LINEAR.sigmas[999] ** (1 / 7)
+    np.testing.assert_allclose(sigmas[:-1], (hi + ramp * (lo - hi)) ** 7, rtol=1e-5)
+    assert sigmas[-1] == 0
+    heun = HeunSampler(LINEAR)
+    np.testing.assert_array_equal(np.asarray(heun.set_timesteps(3)), [999, 666, 666, 332, 332])
+
+
+def _manual_loop(sampler, denoiser, noise, steps, conditioning=None):
+    """The diffusers-style eager loop over `sampler.step`."""
+    sampler.set_timesteps(steps)
+    x = ops.convert_to_tensor(noise) * sampler.init_noise_sigma
+    state = None
+    calls = 0
+    for i, t in enumerate(sampler.timesteps):
+        t_batch = ops.broadcast_to(t, (x.shape[0],))
+        output = denoiser(sampler.scale_model_input(x, i), t_batch, conditioning)
+        calls += 1
+        x, state = sampler.step(output, i, x, state=state)
+    return np.asarray(x), calls
+
+
+@pytest.mark.parametrize(
+    "sampler_fn, calls",
+    [
+        (lambda: DPMSolverMultistepSampler(LINEAR, prediction_type="v"), 8),
+        (lambda: HeunSampler(LINEAR, use_karras_sigmas=True), 15),  # 2 * 8 - 1
+        (lambda: DDIMSampler(LINEAR, prediction_type="x0"), 8),
+    ],
+)
+def test_step_contract_matches_sample(sampler_fn, calls):
+    sampler = sampler_fn()
+    denoiser = gaussian_denoiser(LINEAR, sampler.prediction_type)
+    manual, counted = _manual_loop(sampler, denoiser, NOISE[:256], 8)
+    assert counted == calls
+    looped = np.asarray(sample(denoiser, sampler, NOISE[:256], 8))
+    np.testing.assert_allclose(manual, looped, atol=1e-5)
+
+
+def test_ddpm_step_uses_given_noise():
+    sampler = DDPMSampler(LINEAR)
+    sampler.set_timesteps(10)
+    x = ops.convert_to_tensor(NOISE[:8])
+    output = gaussian_denoiser(LINEAR, "eps")(x, ops.full((8,), 999, "int32"), None)
+    zero_noise, _ = sampler.step(output, 0, x, noise=ops.zeros_like(x))
+    unit_noise, _ = sampler.step(output, 0, x, noise=ops.ones_like(x))
+    # The posterior std between t=999 and t=899: sqrt(beta_tilde).
+    a, a_prev = LINEAR.alphas_cumprod[999], LINEAR.alphas_cumprod[899]
+    beta_tilde = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+    np.testing.assert_allclose(np.asarray(unit_noise - zero_noise), np.sqrt(beta_tilde), rtol=1e-4)
+    drawn, _ = sampler.step(output, 0, x)  # no noise given: the sampler's generator
+    assert np.abs(np.asarray(drawn - zero_noise)).max() > 0.1
+
+
+@pytest.mark.parametrize("name, kwargs", SAMPLER_NAMES + [("euler", {"use_karras_sigmas": True})])
+def test_tensor_num_steps_under_xla_matches_python_int(name, kwargs):
+    sampler = make_sampler(name, LINEAR, **kwargs)
+    noise = NOISE[:128]
+    (compiled,) = run(sampler, 12, noise=noise, seed=9, jit_compile=True)
+    if sampler.stochastic:
+        # XLA draws other random numbers than the TF kernels: compare with XLA.
+        denoiser = gaussian_denoiser(LINEAR, "eps")
+        fixed = tf.function(lambda z: sample(denoiser, sampler, z, 12, seed=9), jit_compile=True)
+        reference = fixed(noise).numpy()
+    else:
+        reference = np.asarray(sample(gaussian_denoiser(LINEAR, "eps"), sampler, noise, 12))
+    np.testing.assert_allclose(compiled, reference, atol=1e-4)
+
+
+def test_tensor_num_steps_is_clamped():
+    sampler = DDIMSampler(LINEAR)
+    zero, one = run(sampler, [0, 1], noise=NOISE[:16])
+    np.testing.assert_array_equal(zero, one)
+    too_many, all_steps = run(sampler, [5000, 1000], noise=NOISE[:16])
+    np.testing.assert_array_equal(too_many, all_steps)
+
+
+def test_sample_handles_image_shapes():
+    seen = []
+
+    def denoiser(x, t, conditioning):
+        seen.append((tuple(x.shape), tuple(t.shape), conditioning))
+        return ops.zeros_like(x)
+
+    for sampler in (DDPMSampler(LINEAR), HeunSampler(LINEAR), DPMSolverMultistepSampler(LINEAR)):
+        seen.clear()
+
+        noise = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
+        out = sample(denoiser, sampler, noise, 3, conditioning="labels", seed=0)
+        assert tuple(out.shape) == (2, 4, 4, 3)
+        assert seen[0] == ((2, 4, 4, 3), (2,), "labels")
+
+
+def test_export_archive_generate_endpoint(tmp_path):
+    sampler = DDPMSampler(LINEAR)
+    denoiser = gaussian_denoiser(LINEAR, "eps")
+
+    def generate(noise, num_steps, seed):
+        return sample(denoiser, sampler, noise, num_steps, seed=seed)
+
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        "generate",
+        generate,
+        input_signature=[
+            keras.InputSpec(shape=(None, 4), dtype="float32"),
+            keras.InputSpec(shape=(), dtype="int32"),
+            keras.InputSpec(shape=(), dtype="int32"),
+        ],
+    )
+    archive.write_out(str(tmp_path / "generator"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "generator"))
+    noise = NOISE[:32]
+    exported = loaded.generate(noise, tf.constant(25), tf.constant(3)).numpy()
+    eager = np.asarray(generate(noise, 25, 3))
+    np.testing.assert_allclose(exported, eager, atol=1e-5)
+    fewer = loaded.generate(noise[:5], tf.constant(4), tf.constant(3)).numpy()
+    assert fewer.shape == (5, 4) and np.abs(fewer - exported[:5]).max() > 1e-3
+
+
+def test_config_round_trip():
+    for sampler in (
+        DDPMSampler(LINEAR, variance_type="fixed_large", seed=3),
+        DDIMSampler(
+            ZERO_SNR, prediction_type="v", eta=0.3, timestep_spacing="leading", steps_offset=1
+        ),
+        DPMSolverMultistepSampler(LINEAR, solver_order=1),
+        HeunSampler(LINEAR, use_karras_sigmas=True, karras_rho=5.0),
+    ):
+        clone = type(sampler).from_config(sampler.get_config())
+        assert clone.get_config() == sampler.get_config()
+        assert clone.schedule == sampler.schedule
+
+
+def test_errors():
+    sampler = DDIMSampler(LINEAR)
+    with pytest.raises(ValueError, match=r"Received: num_inference_steps=0"):
+        sampler.set_timesteps(0)
+    with pytest.raises(
+        ValueError, match=r"num_train_timesteps=1000\]. Received: num_inference_steps=1001"
+    ):
+        sampler.set_timesteps(1001)
+    with pytest.raises(ValueError, match=r"Received: num_inference_steps=0"):
+        sample(gaussian_denoiser(LINEAR, "eps"), sampler, NOISE[:2], 0)
+    with pytest.raises(ValueError, match="Received: num_inference_steps=2.0"):
+        sample(gaussian_denoiser(LINEAR, "eps"), sampler, NOISE[:2], 2.0)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        DDIMSampler(LINEAR).step(NOISE[:2], 0, NOISE[:2])
+    with pytest.raises(ValueError, match="Received: prediction_type='epsilon'"):
+        DDIMSampler(LINEAR, prediction_type="epsilon")
+    with pytest.raises(
+        ValueError, match="'leading', 'trailing', 'linspace'.*Received: timestep_spacing='end'"
+    ):
+        EulerSampler(LINEAR, timestep_spacing="end")
+    with pytest.raises(ValueError, match="Received: eta=-0.1"):
+        DDIMSampler(LINEAR, eta=-0.1)
+    with pytest.raises(ValueError, match="Received: solver_order=3"):
+        DPMSolverMultistepSampler(LINEAR, solver_order=3)
+    with pytest.raises(ValueError, match="Received: variance_type='learned'"):
+        DDPMSampler(LINEAR, variance_type="learned")
+    with pytest.raises(
+        ValueError, match="'ddpm', 'ddim', 'dpmpp_2m', 'euler', 'heun'.*Received: name='plms'"
+    ):
+        make_sampler("plms", LINEAR)
+    with pytest.raises(TypeError, match="NoiseSchedule"):
+        DDIMSampler("linear")
+    with pytest.raises(TypeError, match="guided_denoiser"):
+        sample(gaussian_denoiser(LINEAR, "eps"), sampler, NOISE[:2], 2, guidance_scale=3.0)
