@@ -1,6 +1,12 @@
 """kzoo building blocks, written in `keras.ops` only."""
 
 from kzoo.layers.attention import SpatialSelfAttention
+from kzoo.layers.conditioning import AdaLNFinalLayer, AdaLNZeroBlock
+from kzoo.layers.embeddings import (
+    PatchEmbedding,
+    SinCosPositionEmbedding2D,
+    SinusoidalTimestepEmbedding,
+)
 from kzoo.layers.normalization import GroupNorm
 from kzoo.layers.quantizers import VectorQuantizer
 from kzoo.layers.resblocks import Downsample, ResBlock, Upsample
@@ -12,4 +18,9 @@ __all__ = [
     "SpatialSelfAttention",
     "Upsample",
     "VectorQuantizer",
+    "PatchEmbedding",
+    "SinCosPositionEmbedding2D",
+    "SinusoidalTimestepEmbedding",
+    "AdaLNFinalLayer",
+    "AdaLNZeroBlock",
 ]
