@@ -80,6 +80,7 @@ def load_checkpoint(workdir):
     if not os.path.isdir(workdir):
         raise ValueError(f"The workdir does not exist. Received: workdir={workdir!r}")
     state = read_state(workdir)
+    _remove_stale_temporaries(workdir)
     if state is None:
         return None, None
     path = os.path.join(workdir, state["checkpoint"])
@@ -95,6 +96,16 @@ def load_checkpoint(workdir):
             f"Received: workdir={workdir!r}"
         ) from None
     return model, state
+
+
+def _remove_stale_temporaries(workdir):
+    """Delete `.tmp-*` files a killed run left behind (never the current checkpoint)."""
+    for name in os.listdir(workdir):
+        if name.startswith(".tmp-"):
+            try:
+                os.remove(os.path.join(workdir, name))
+            except OSError:
+                pass
 
 
 def load_trained_model(workdir):

@@ -15,19 +15,34 @@ from kzoo.training import checkpoint as ckpt
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def build_model(model_config):
-    """Instantiate `kzoo.models.<class_name>(**args)` from a recipe's `model` dict."""
-    import kzoo.models
+MODEL_PACKAGES = ("kzoo.models", "kzoo.diffusion")
 
-    args = dict(model_config)
-    class_name = args.pop("class_name")
-    cls = getattr(kzoo.models, class_name, None)
-    if cls is None:
-        raise ValueError(
-            f"Unknown model class. Expected one of {kzoo.models.__all__}. "
-            f"Received: model.class_name={class_name!r}"
-        )
-    return cls(**args)
+
+def build_model(model_config):
+    """Instantiate a model from a recipe's `model` dict.
+
+    `class_name` names a class of `kzoo.models` or `kzoo.diffusion`; the other
+    entries are its constructor arguments. A nested dict with a `class_name` (a
+    diffusion model's `denoiser`, say) is built the same way first.
+    """
+    import importlib
+
+    args = {
+        key: build_model(value) if isinstance(value, dict) and "class_name" in value else value
+        for key, value in model_config.items()
+        if key != "class_name"
+    }
+    class_name = model_config["class_name"]
+    known = []
+    for package in MODEL_PACKAGES:
+        module = importlib.import_module(package)
+        if hasattr(module, class_name):
+            return getattr(module, class_name)(**args)
+        known += getattr(module, "__all__", [])
+    raise ValueError(
+        f"Unknown model class. Expected one of {sorted(known)}. "
+        f"Received: model.class_name={class_name!r}"
+    )
 
 
 def build_optimizer(config):
@@ -73,6 +88,7 @@ def train_dataset(config, model, skip_batches=0):
         deterministic=True,
         repeat=True,
         drop_remainder=True,
+        outputs=tuple(config.get("outputs", ("image",))),
     )
     return dataset.skip(skip_batches) if skip_batches else dataset
 
