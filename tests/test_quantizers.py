@@ -4,7 +4,8 @@ import pytest
 from keras import ops
 
 from kzoo.layers import VectorQuantizer
-from kzoo.testing import assert_config_roundtrip, dtype_policy, gradients
+from kzoo.layers.quantizers import orthogonal_loss, rotation_trick
+from kzoo.testing import assert_config_roundtrip, assert_keras_roundtrip, dtype_policy, gradients
 
 
 def _vq(**kwargs):
@@ -88,7 +89,11 @@ def test_perplexity_and_usage_metrics():
     vq(ops.convert_to_numpy(vq.codebook)[:8], training=True)  # codes 0..7 once each
     assert float(vq.perplexity_tracker.result()) == pytest.approx(8.0, rel=1e-4)
     assert float(vq.usage_tracker.result()) == pytest.approx(0.5)
-    assert [m.name for m in vq.metrics] == [f"{vq.name}_perplexity", f"{vq.name}_usage"]
+    assert [m.name for m in vq.metrics] == [
+        f"{vq.name}_perplexity",
+        f"{vq.name}_usage",
+        f"{vq.name}_dead_codes",
+    ]
 
 
 def test_stays_float32_under_mixed_precision():
@@ -130,3 +135,233 @@ def test_config_and_keras_roundtrip(tmp_path):
     model.save(tmp_path / "vq.keras")
     reloaded = keras.saving.load_model(tmp_path / "vq.keras")
     np.testing.assert_array_equal(ops.convert_to_numpy(reloaded(x)), ops.convert_to_numpy(model(x)))
+
+
+# --- Codebook-learning options --------------------------------------------------------
+
+
+def _rotation_reference(e, q, upstream):
+    """Rotation trick (Fifty et al. 2024, Sec. 4.2) row by row with explicit matrices."""
+    e, q, upstream = (np.asarray(a, np.float64) for a in (e, q, upstream))
+    grads = np.zeros_like(e)
+    for n in range(len(e)):
+        e_hat, q_hat = e[n] / np.linalg.norm(e[n]), q[n] / np.linalg.norm(q[n])
+        r = (e_hat + q_hat) / np.linalg.norm(e_hat + q_hat)
+        rotation = np.eye(len(r)) - 2 * np.outer(r, r) + 2 * np.outer(q_hat, e_hat)
+        scale = np.linalg.norm(q[n]) / np.linalg.norm(e[n])
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(len(r)), atol=1e-10)
+        np.testing.assert_allclose(scale * rotation @ e[n], q[n], atol=1e-10)
+        grads[n] = scale * rotation.T @ upstream[n]
+    return grads
+
+
+def test_rotation_trick_matches_a_numpy_reference():
+    rng = np.random.default_rng(5)
+    e, q, upstream = (rng.normal(size=(6, 4)) for _ in range(3))
+    vectors = keras.Variable(e.astype("float32"))
+    out = rotation_trick(vectors, q.astype("float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(out), q, atol=1e-6)
+    (grad,) = gradients(
+        lambda: ops.sum(rotation_trick(vectors, q.astype("float32")) * upstream), [vectors]
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(grad), _rotation_reference(e, q, upstream), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+def test_gradient_estimators_forward_codes_and_reach_the_inputs(estimator):
+    vq = _vq(gradient_estimator=estimator)
+    rng = np.random.default_rng(6)
+    x = keras.Variable(rng.normal(size=(2, 3, 4)).astype("float32"))
+    upstream = rng.normal(size=(2, 3, 4)).astype("float32")
+    codes = ops.convert_to_numpy(vq.lookup(vq.get_code_indices(x)))
+    np.testing.assert_allclose(ops.convert_to_numpy(vq(x)), codes, atol=1e-6)
+    (grad,) = gradients(lambda: ops.sum(vq(x) * upstream), [x])
+    grad = ops.convert_to_numpy(grad)
+    if estimator == "ste":
+        np.testing.assert_allclose(grad, upstream)
+    else:
+        e = ops.convert_to_numpy(x).reshape(-1, 4).astype(np.float64)
+        expected = _rotation_reference(e, codes.reshape(-1, 4), upstream.reshape(-1, 4))
+        np.testing.assert_allclose(grad.reshape(-1, 4), expected, rtol=1e-4, atol=1e-5)
+        assert np.abs(grad - upstream).max() > 1e-2  # not the straight-through copy
+
+
+def _clustered(rng, centers, per_cluster, noise=0.05):
+    points = np.repeat(np.asarray(centers, "float32"), per_cluster, axis=0)
+    return (points + noise * rng.normal(size=points.shape)).astype("float32")
+
+
+def test_kmeans_init_runs_once_and_its_flag_survives_save_load(tmp_path):
+    rng = np.random.default_rng(7)
+    x = _clustered(rng, [[5, 5], [-5, 5], [5, -5], [-5, -5]], 16)
+    inputs = keras.Input((2,))
+    vq = VectorQuantizer(4, 2, kmeans_init=True, seed=0, name="vq")
+    model = keras.Model(inputs, vq(inputs))
+    assert float(vq.initialized) == 0.0
+    random_distortion = ((x[:, None] - ops.convert_to_numpy(vq.codebook)) ** 2).sum(-1).min(-1)
+    model(x, training=True)
+    assert float(vq.initialized) == 1.0
+    codebook = ops.convert_to_numpy(vq.codebook)
+    # Lloyd's fixed point: every used code is the mean of the vectors assigned to it.
+    indices = ops.convert_to_numpy(vq.get_code_indices(x))
+    for code in np.unique(indices):
+        np.testing.assert_allclose(codebook[code], x[indices == code].mean(0), atol=1e-4)
+    distortion = ((x - codebook[indices]) ** 2).sum(-1)
+    assert distortion.mean() < 0.1 * random_distortion.mean()
+    # Not re-run on later batches (the codebook only learns by gradient here).
+    model(x + 3.0, training=True)
+    np.testing.assert_array_equal(ops.convert_to_numpy(vq.codebook), codebook)
+
+    model.save(tmp_path / "vq.keras")
+    reloaded = keras.saving.load_model(tmp_path / "vq.keras")
+    reloaded_vq = reloaded.get_layer("vq")
+    assert float(reloaded_vq.initialized) == 1.0
+    reloaded(x - 3.0, training=True)
+    np.testing.assert_array_equal(ops.convert_to_numpy(reloaded_vq.codebook), codebook)
+
+
+@pytest.mark.parametrize("decay", [None, 0.9])
+def test_dead_codes_are_reseeded_from_the_batch_after_the_window(decay):
+    rng = np.random.default_rng(8)
+    x = (0.1 * rng.normal(size=(32, 2))).astype("float32")
+
+    def trained(seed, steps):
+        vq = _vq(codebook_size=8, embedding_dim=2, decay=decay, seed=seed,
+                 dead_code_threshold=0.5, dead_code_window=2)  # fmt: skip
+        far = np.array([[0.0, 0.0]] + [[100.0 + i, 100.0] for i in range(7)], "float32")
+        vq.codebook.assign(far)
+        if decay is not None:
+            vq.ema_embed_sum.assign(far)
+        for _ in range(steps):
+            vq(x, training=True)
+        return vq
+
+    # Codes 1..7 get no vector: alive for `window - 1` steps, re-seeded at step `window`.
+    after_one = ops.convert_to_numpy(trained(3, 1).codebook)
+    assert (after_one[1:, 0] > 99).all()
+    vq = trained(3, 2)
+    codebook = ops.convert_to_numpy(vq.codebook)
+    restarted = codebook[1:]
+    assert len({tuple(row) for row in restarted}) == 7  # distinct batch vectors
+    for row in restarted:
+        assert np.abs(x - row).sum(-1).min() < 1e-6
+    if decay is not None:
+        np.testing.assert_allclose(ops.convert_to_numpy(vq.ema_cluster_size)[1:], 1.0)
+    assert float(vq.dead_codes_tracker.result()) == 7  # unused by every batch so far
+    vq(x, training=True)
+    assert float(vq.dead_codes_tracker.result()) == 0  # each new code now has its vector
+    # Deterministic given the seed; another seed draws other vectors.
+    np.testing.assert_array_equal(ops.convert_to_numpy(trained(3, 2).codebook), codebook)
+    assert not np.array_equal(ops.convert_to_numpy(trained(4, 2).codebook), codebook)
+
+
+def test_cosine_codes_are_unit_vectors_of_maximal_cosine():
+    vq = _vq(use_cosine=True)
+    x = np.random.default_rng(9).normal(size=(20, 4)).astype("float32")
+    codebook = ops.convert_to_numpy(vq.codebook)
+    unit_codes = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
+    indices = ops.convert_to_numpy(vq.get_code_indices(x))
+    np.testing.assert_array_equal(indices, (x @ unit_codes.T).argmax(-1))
+    out = ops.convert_to_numpy(vq(x))
+    np.testing.assert_allclose(out, unit_codes[indices], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-6)
+
+
+def test_factorised_codes_project_to_code_dim_and_back():
+    vq = VectorQuantizer(16, 8, code_dim=3)
+    vq.build((None, 8))
+    assert tuple(vq.codebook.shape) == (16, 3)
+    rng = np.random.default_rng(10)
+    x = keras.Variable(rng.normal(size=(2, 5, 8)).astype("float32"))
+    upstream = rng.normal(size=(2, 5, 8)).astype("float32")
+    out = vq(x)
+    assert out.shape == (2, 5, 8)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out),
+        ops.convert_to_numpy(vq.lookup(vq.get_code_indices(x))),
+        atol=1e-5,
+    )
+    watched = [x, vq.project_in.kernel, vq.project_out.kernel, vq.codebook]
+    grads = gradients(lambda: ops.sum(vq(x) * upstream) + ops.sum(vq.losses), watched)
+    for variable, grad in zip(watched, grads, strict=True):
+        assert np.abs(ops.convert_to_numpy(grad)).sum() > 0, variable.name
+
+
+def test_orthogonal_regulariser_matches_equation_2():
+    vq = _vq(codebook_size=6, embedding_dim=4, orthogonal_reg_weight=0.3)
+    x = np.random.default_rng(11).normal(size=(10, 4)).astype("float32")
+    vq(x)
+    codebook = ops.convert_to_numpy(vq.codebook).astype(np.float64)
+    unit = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
+    orthogonal = ((unit @ unit.T) ** 2).sum() / 36 - 1 / 6
+    q = ops.convert_to_numpy(vq.lookup(vq.get_code_indices(x)))
+    mse = np.mean((x - q) ** 2)
+    (loss,) = vq.losses
+    np.testing.assert_allclose(float(loss), 1.25 * mse + 0.3 * orthogonal, rtol=1e-5)
+    # Orthogonal codes cost nothing.
+    np.testing.assert_allclose(float(orthogonal_loss(np.eye(4, dtype="float32"))), 0.0, atol=1e-7)
+
+
+def test_dead_codes_metric_counts_codes_unused_since_reset():
+    vq = _vq(codebook_size=8, embedding_dim=2)
+    codebook = ops.convert_to_numpy(vq.codebook)
+    assert float(vq.dead_codes_tracker.result()) == 0  # no data yet: nothing reported
+    vq(codebook[:3], training=True)
+    assert float(vq.dead_codes_tracker.result()) == 5
+    vq(codebook[2:5], training=True)
+    assert float(vq.dead_codes_tracker.result()) == 3
+    vq.dead_codes_tracker.reset_state()
+    vq(codebook[:1], training=True)
+    assert float(vq.dead_codes_tracker.result()) == 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"decay": 0.0}, r"Received: decay=0.0"),
+        ({"decay": 1.0}, r"Received: decay=1.0"),
+        ({"gradient_estimator": "gumbel"}, r"Received: gradient_estimator='gumbel'"),
+        ({"code_dim": 0}, r"Received: code_dim=0"),
+        ({"kmeans_iters": 0}, r"Received: kmeans_iters=0"),
+        ({"dead_code_threshold": -1.0}, r"Received: dead_code_threshold=-1.0"),
+        ({"dead_code_window": 0}, r"Received: dead_code_window=0"),
+        ({"use_cosine": "yes"}, r"Received: use_cosine='yes'"),
+        ({"orthogonal_reg_weight": 0.1, "decay": 0.9}, r"Received: orthogonal_reg_weight=0.1"),
+    ],
+)
+def test_bad_option_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VectorQuantizer(16, 4, **kwargs)
+
+
+def test_loading_weights_of_another_codebook_size_names_codebook_size(tmp_path):
+    def model(codebook_size):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, VectorQuantizer(codebook_size, 4, name="vq")(inputs))
+
+    model(16).save_weights(tmp_path / "vq.weights.h5")
+    with pytest.raises(
+        ValueError, match=r"checkpoint's codebook_size=16.*Received: codebook_size=32"
+    ):
+        model(32).load_weights(tmp_path / "vq.weights.h5")
+
+
+def test_all_options_config_and_keras_roundtrip(tmp_path):
+    options = dict(
+        decay=0.9, kmeans_init=True, kmeans_iters=3, dead_code_threshold=0.5,
+        dead_code_window=5, use_cosine=True, code_dim=3, gradient_estimator="rotation", seed=2,
+    )  # fmt: skip
+    clone = assert_config_roundtrip(_vq(**options))
+    assert clone.get_config()["code_dim"] == 3
+    inputs = keras.Input((6, 4))
+    model = keras.Model(inputs, VectorQuantizer(16, 4, name="vq", **options)(inputs))
+    x = np.random.default_rng(12).normal(size=(8, 6, 4)).astype("float32")
+    model(x, training=True)  # runs k-means, EMA and the restart bookkeeping
+    reloaded = assert_keras_roundtrip(model, x, str(tmp_path))
+    for name in ("codebook", "ema_cluster_size", "code_usage", "initialized"):
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(getattr(reloaded.get_layer("vq"), name)),
+            ops.convert_to_numpy(getattr(model.get_layer("vq"), name)),
+        )

@@ -24,3 +24,7 @@ __all__ = [
     "AdaLNFinalLayer",
     "AdaLNZeroBlock",
 ]
+
+from kzoo.layers.quantizers import FSQ, LFQ, GroupedVQ, ResidualVQ  # noqa: E402
+
+__all__ += ["FSQ", "GroupedVQ", "LFQ", "ResidualVQ"]
