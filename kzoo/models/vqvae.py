@@ -43,6 +43,8 @@ class VQVAE(keras.Model):
         commitment_cost: weight of the commitment loss.
         decay: `None` (learned codebook) or an EMA decay in (0, 1).
         attention: self-attention in the middle blocks of encoder and decoder.
+        quantizer_options: extra `kzoo.layers.VectorQuantizer` arguments, e.g.
+            `{"kmeans_init": True, "dead_code_threshold": 1.0, "seed": 0}`.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -66,6 +68,7 @@ class VQVAE(keras.Model):
         commitment_cost=0.25,
         decay=None,
         attention=True,
+        quantizer_options=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "vqvae")
@@ -107,6 +110,7 @@ class VQVAE(keras.Model):
         self.commitment_cost = commitment_cost
         self.decay = decay
         self.attention = attention
+        self.quantizer_options = dict(quantizer_options or {})
         self.latent_shape = (image_shape[0] // factor, image_shape[1] // factor, embedding_dim)
 
         # === Layers ===
@@ -116,6 +120,7 @@ class VQVAE(keras.Model):
             commitment_cost=commitment_cost,
             decay=decay,
             name="vq",
+            **self.quantizer_options,
         )
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
@@ -268,6 +273,7 @@ class VQVAE(keras.Model):
             "commitment_cost": self.commitment_cost,
             "decay": self.decay,
             "attention": self.attention,
+            "quantizer_options": self.quantizer_options,
         }
 
 
