@@ -18,8 +18,14 @@ GRID = (4, 4)
 
 # kind -> (quantizer factory, trailing shape of the indices, number of codes per index)
 KINDS = {
-    "vq": (lambda: VectorQuantizer(16, DIM, use_cosine=True, code_dim=4), (), 16),
-    "rvq": (lambda: ResidualVQ(3, 16, DIM), (3,), 16),
+    "vq": (
+        lambda: VectorQuantizer(
+            16, DIM, use_cosine=True, code_dim=4, gradient_estimator="rotation"
+        ),
+        (),
+        16,
+    ),
+    "rvq": (lambda: ResidualVQ(3, 16, DIM, gradient_estimator="rotation"), (3,), 16),
     "grouped": (lambda: GroupedVQ(2, 16, DIM), (2,), 16),
     "fsq": (lambda: FSQ([5, 4, 3], embedding_dim=DIM), (), 60),
     "lfq": (lambda: LFQ(5, embedding_dim=DIM), (), 32),
@@ -27,7 +33,11 @@ KINDS = {
 
 
 class QuantizerModel(keras.Model):
-    """A quantizer behind kzoo's export contract: vectors -> indices -> vectors."""
+    """A quantizer behind kzoo's export contract: vectors -> indices -> vectors.
+
+    `quantize` is the layer's own forward pass (`training=False`), which a model's
+    serving signature runs (the rotation trick's custom gradient must export too).
+    """
 
     def __init__(self, quantizer, index_shape, codebook_size, **kwargs):
         super().__init__(**kwargs)
@@ -50,6 +60,10 @@ class QuantizerModel(keras.Model):
                 [vector_spec],
             ),
             "decode": (lambda indices: {"vectors": self.quantizer.lookup(indices)}, [index_spec]),
+            "quantize": (
+                lambda vectors: {"quantized": self.quantizer(vectors, training=False)},
+                [vector_spec],
+            ),
         }
 
 
@@ -78,7 +92,7 @@ def test_litert_export_matches_keras(litert_export):
     assert result.parity["ok"], format_parity_table(result.parity)
     path = result.files["float32"]
     signatures = litert_signatures(path)
-    assert {"encode", "decode"} <= set(signatures)
+    assert {"encode", "decode", "quantize"} <= set(signatures)
     assert signatures["encode"]["outputs"]["indices"]["dtype"] == "int32"
     # Encode then decode through the file reproduces the quantizer's forward pass.
     x = np.random.default_rng(1).normal(size=(3, *GRID, DIM)).astype("float32")
@@ -88,9 +102,10 @@ def test_litert_export_matches_keras(litert_export):
         indices, ops.convert_to_numpy(model.quantizer.get_code_indices(x))
     )
     vectors = run_litert(path, "decode", {"indices": indices})["vectors"]
-    np.testing.assert_allclose(
-        vectors, ops.convert_to_numpy(model(x, training=False)), atol=1e-5, rtol=0
-    )
+    quantized = run_litert(path, "quantize", {"vectors": x})["quantized"]
+    expected = ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(quantized, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -105,4 +120,4 @@ def test_saved_model_export_matches_keras(kind, tmp_path):
         check_parity=True,
     )["saved_model"]
     assert result.parity["ok"], format_parity_table(result.parity)
-    assert result.signatures == ["serving_default", "encode", "decode"]
+    assert result.signatures == ["serving_default", "encode", "decode", "quantize"]

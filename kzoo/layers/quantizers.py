@@ -44,6 +44,25 @@ import keras
 import numpy as np
 from keras import ops
 
+
+# Under a data-parallel strategy each replica sees its own shard, so the EMA
+# statistics must be summed across replicas or the codebooks drift apart.
+# Layers cannot import TensorFlow; `kzoo.training.distribute` installs the
+# backend's all-reduce here when it creates a multi-device strategy.
+_cross_replica_sum = None
+
+
+def set_cross_replica_sum(fn):
+    """Install `fn(list_of_tensors) -> list_of_tensors`, summing across replicas (None: off)."""
+    global _cross_replica_sum
+    _cross_replica_sum = fn
+
+
+def cross_replica_sum(tensors):
+    """Sum `tensors` over the replicas of the active strategy (identity without one)."""
+    return list(tensors) if _cross_replica_sum is None else list(_cross_replica_sum(tensors))
+
+
 GRADIENT_ESTIMATORS = ("ste", "rotation")
 _NORM_EPSILON = 1e-6
 
@@ -123,7 +142,8 @@ def rotation_trick(vectors, codes):
     reflection and a rank-one term. `R` and the scale are constants for the
     gradient, so `dL/de = ||q||/||e|| R^T dL/dq`: the gradient keeps its angle to
     the code instead of being copied (straight-through). The forward value is
-    snapped to `codes` exactly so it matches the looked-up codes bit for bit.
+    `codes` exactly (in exact arithmetic `||q||/||e|| R e = q`), so it matches the
+    looked-up codes bit for bit.
 
     Args:
         vectors: float tensor `(..., D)`, the encoder outputs `e`.
@@ -138,16 +158,31 @@ def rotation_trick(vectors, codes):
     code_norm = ops.norm(codes, axis=-1, keepdims=True)
     unit_vectors = ops.stop_gradient(vectors / vector_norm)  # e^
     unit_codes = codes / ops.maximum(code_norm, _NORM_EPSILON)  # q^
-    reflection = _l2_normalize(unit_vectors + unit_codes)  # r
     scale = ops.stop_gradient(code_norm / vector_norm)
-    # R e without forming R: e - 2 r (r.e) + 2 q^ (e^.e).
-    rotated = (
-        vectors
-        - 2.0 * reflection * ops.sum(reflection * vectors, axis=-1, keepdims=True)
-        + 2.0 * unit_codes * ops.sum(unit_vectors * vectors, axis=-1, keepdims=True)
+    # ||e^ + q^||^2 / 2 = 1 + cos(e, q); clamped where e and q point apart.
+    half_sum_norm_sq = ops.maximum(
+        1.0 + ops.sum(unit_vectors * unit_codes, axis=-1, keepdims=True), _NORM_EPSILON
     )
-    estimate = scale * rotated
-    return estimate + ops.stop_gradient(codes - estimate)
+
+    # The forward value is the codes themselves, so only the backward pass is
+    # written out: no rotated copy of the input is computed and then discarded.
+    @ops.custom_gradient
+    def rotate(vectors):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            # R^T g = g - 2 r (r.g) + 2 e^ (q^.g), with 2 r r^T = (e^+q^)(e^+q^)^T / (1+cos).
+            along_vectors = ops.sum(unit_vectors * upstream, axis=-1, keepdims=True)
+            along_codes = ops.sum(unit_codes * upstream, axis=-1, keepdims=True)
+            return scale * (
+                upstream
+                - (unit_vectors + unit_codes) * ((along_vectors + along_codes) / half_sum_norm_sq)
+                + 2.0 * unit_vectors * along_codes
+            )
+
+        return ops.copy(codes), grad
+
+    return rotate(vectors)
 
 
 def straight_through(vectors, codes):
@@ -501,6 +536,7 @@ class VectorQuantizer(_Quantizer):
     def _ema_update(self, flat, indices, counts):
         # segment_sum over code ids beats a one-hot (N, K) matmul on CPU (NOTES.md).
         sums = ops.segment_sum(flat, indices, num_segments=self.codebook_size)  # (K, code)
+        counts, sums = cross_replica_sum([ops.cast(counts, "float32"), sums])
         decay = self.decay
         cluster_size = decay * self.ema_cluster_size + (1.0 - decay) * counts
         embed_sum = decay * self.ema_embed_sum + (1.0 - decay) * sums
