@@ -44,7 +44,6 @@ import keras
 import numpy as np
 from keras import ops
 
-
 # Under a data-parallel strategy each replica sees its own shard, so the EMA
 # statistics must be summed across replicas or the codebooks drift apart.
 # Layers cannot import TensorFlow; `kzoo.training.distribute` installs the

@@ -13,6 +13,7 @@ import keras
 from kzoo.training import checkpoint as ckpt
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 MODEL_PACKAGES = ("kzoo.models", "kzoo.diffusion")
@@ -63,6 +64,12 @@ def validate_config(config):
             f"Unknown precision. Expected one of {list(PRECISIONS)}. "
             f"Received: precision={config['precision']!r}"
         )
+    strategy = config.get("strategy", "default")
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"Unknown distribution strategy. Expected one of {list(STRATEGIES)}. "
+            f"Received: strategy={strategy!r}"
+        )
     for key in ("batch_size", "steps", "steps_per_epoch", "grad_accum_steps"):
         value = config.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -110,16 +117,23 @@ def train(config, workdir, steps=None, verbose="auto"):
         config["steps"] = steps
     validate_config(config)
     config["steps_per_epoch"] = min(config["steps_per_epoch"], config["steps"])
+    strategy = _strategy(config)
     keras.mixed_precision.set_global_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
     os.makedirs(workdir, exist_ok=True)
 
-    model, state = ckpt.load_checkpoint(workdir)
+    with strategy.scope():
+        model, state = ckpt.load_checkpoint(workdir)
+        if model is None:
+            model = build_model(config["model"])
+            model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
+    if config.get("strategy") == "multi_worker":
+        from kzoo.training.distribute import enable_multi_worker_fit
+
+        enable_multi_worker_fit(model)
     initial_epoch = state["epoch"] if state else 0
-    if model is None:
-        model = build_model(config["model"])
-        model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
-    ckpt.write_json_atomic(os.path.join(workdir, ckpt.CONFIG_FILE), config)
+    if _is_chief(strategy):
+        ckpt.write_json_atomic(os.path.join(workdir, ckpt.CONFIG_FILE), config)
 
     steps_per_epoch = config["steps_per_epoch"]
     epochs = math.ceil(config["steps"] / steps_per_epoch)
@@ -134,9 +148,41 @@ def train(config, workdir, steps=None, verbose="auto"):
         shuffle=False,  # the dataset shuffles itself, deterministically
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
-            ckpt.CheckpointCallback(workdir, steps_per_epoch),
-            keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+            *(
+                [
+                    ckpt.CheckpointCallback(workdir, steps_per_epoch),
+                    keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+                ]
+                # Only the chief writes: every worker holds the same weights, and
+                # workers on one filesystem would race on the same files.
+                if _is_chief(strategy)
+                else []
+            ),
         ],
         verbose=verbose,
     )
     return model
+
+
+def _strategy(config):
+    """The config's `tf.distribute` strategy, created before any other TF work."""
+    import tensorflow as tf
+
+    name = config.get("strategy", "default")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    from kzoo.training.distribute import get_strategy
+
+    if config["jit_compile"] and not tf.config.list_physical_devices("GPU"):
+        # NOTES.md: MirroredStrategy + jit_compile fails on CPU (a resource on
+        # CPU:1 read from CPU:0), and XLA cannot compile cross-worker collectives.
+        raise ValueError(
+            f"jit_compile=true is not supported with strategy={name!r} on CPU. "
+            "Received: jit_compile=True"
+        )
+    return get_strategy(name)
+
+
+def _is_chief(strategy):
+    extended = strategy.extended
+    return getattr(extended, "should_checkpoint", True)

@@ -154,3 +154,14 @@ def test_export_both_formats_with_parity_on_real_images(trained, capsys):
     assert "reconstruction" in text and "index_agreement" in text
     assert main(["export", straight, "--format", "saved_model", "--quantize", "float16"]) == 2
     assert "--quantize applies to LiteRT only" in capsys.readouterr().err
+
+
+def test_train_under_mirrored_strategy_and_bad_strategy(tmp_path, capsys):
+    workdir = str(tmp_path / "mirrored")
+    argv = ["train", "vqvae_shapes", "--workdir", workdir, "--steps", "2", *TINY]
+    assert main([*argv, "--set", "strategy=mirrored"]) == 0
+    assert os.path.exists(os.path.join(workdir, "checkpoint-00000002.keras"))
+    assert main([*argv, "--set", "strategy=tpu"]) == 2
+    assert "Received: strategy='tpu'" in capsys.readouterr().err
+    assert main([*argv, "--set", "strategy=mirrored", "--set", "jit_compile=true"]) == 2
+    assert "not supported with strategy='mirrored' on CPU" in capsys.readouterr().err
