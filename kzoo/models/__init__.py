@@ -5,3 +5,18 @@ from kzoo.models.unet import UNet
 from kzoo.models.vqvae import VQVAE
 
 __all__ = ["VQVAE", "UNet", "DiT", "DIT_SIZES"]
+
+from kzoo.models.perceptual import (  # noqa: E402
+    ShapesPerceptual,
+    load_or_train_shapes_perceptual,
+    perceptual_distance,
+)
+from kzoo.models.vqgan import VQGAN, Discriminator  # noqa: E402
+
+__all__ += [
+    "Discriminator",
+    "ShapesPerceptual",
+    "VQGAN",
+    "load_or_train_shapes_perceptual",
+    "perceptual_distance",
+]
