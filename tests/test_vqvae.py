@@ -4,7 +4,7 @@ import pytest
 from keras import ops
 
 from kzoo.models import VQVAE
-from kzoo.testing import assert_keras_roundtrip, dtype_policy, gradients
+from kzoo.testing import assert_keras_roundtrip, gradients
 
 TINY = dict(
     image_shape=(16, 16, 3),
@@ -92,16 +92,7 @@ def test_fit_on_pairs_then_keras_roundtrip_keeps_outputs_and_optimizer(tmp_path)
     )
 
 
-def test_mixed_float16_step_is_finite_and_quantizer_stays_float32():
-    with dtype_policy("mixed_float16"):
-        model = VQVAE(**TINY)
-        model.compile(optimizer="adam")
-        history = model.fit(_blobs(8), epochs=1, verbose=0)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert np.isfinite(history.history["loss"][0])
-    assert model.quantizer.compute_dtype == "float32"
-    assert model.encoder.get_layer("conv_in").compute_dtype == "float16"
-    assert model(_images()).dtype == "float32"
+# One training step under each dtype policy: tests/integration/test_precision.py.
 
 
 @pytest.mark.parametrize(
