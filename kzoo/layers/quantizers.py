@@ -280,7 +280,10 @@ class VectorQuantizer(_Quantizer):
     the batches of an epoch), and the number of codes no vector was assigned to
     since the metrics were reset (each epoch in `fit`), as metrics
     `<name>_perplexity`, `<name>_usage` and `<name>_dead_codes`. EMA, k-means
-    and restart updates also run only with `training=True`.
+    and restart updates also run only with `training=True`. Under a
+    data-parallel strategy from `kzoo.training.distribute`, code counts are
+    summed and random draws (k-means seeds, restarted codes) averaged across
+    replicas, so every replica keeps the same codebook.
 
     Args:
         codebook_size: number of codes, `K >= 1`.
@@ -505,9 +508,11 @@ class VectorQuantizer(_Quantizer):
         # Look up before the EMA update so output, loss and indices agree (sonnet order).
         quantized = ops.take(codes, indices, axis=0)
         if training and (self.decay is not None or self.dead_code_threshold > 0):
-            counts = code_counts(indices, self.codebook_size)[0]  # (K,)
+            counts = code_counts(indices, self.codebook_size)[0]  # (K,) on this replica
             if self.decay is not None:
-                self._ema_update(flat, indices, counts)
+                counts = self._ema_update(flat, indices, counts)
+            elif self.dead_code_threshold > 0:
+                (counts,) = cross_replica_sum([counts])
             if self.dead_code_threshold > 0:
                 self._restart_dead_codes(flat, counts)
 
@@ -533,6 +538,7 @@ class VectorQuantizer(_Quantizer):
 
     # === State updates (training only) ===
     def _ema_update(self, flat, indices, counts):
+        """EMA step from this replica's `counts`; returns the counts summed over replicas."""
         # segment_sum over code ids beats a one-hot (N, K) matmul on CPU (NOTES.md).
         sums = ops.segment_sum(flat, indices, num_segments=self.codebook_size)  # (K, code)
         counts, sums = cross_replica_sum([ops.cast(counts, "float32"), sums])
@@ -546,14 +552,28 @@ class VectorQuantizer(_Quantizer):
             (cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
         )
         self.codebook.assign(embed_sum / smoothed[:, None])
+        return counts
 
     def _kmeans_init_once(self, flat):
         done = self.initialized > 0.5
+        # Replicas of a data-parallel strategy cannot all-reduce inside `cond` or a
+        # loop: they start k-means from the same (replica-averaged) seeds outside
+        # it, cluster their own shards, and average the centroids afterwards.
+        synced = _cross_replica_sum is not None
+        initial = (
+            self._replica_mean(self._sample_rows(flat, self.codebook_size)) if synced else None
+        )
         # Both branches return values and the assignments below are unconditional:
         # no side effects inside `cond`, so eager, graph and XLA agree.
         codebook = ops.cond(
-            done, lambda: ops.convert_to_tensor(self.codebook), lambda: self._kmeans(flat)
+            done,
+            lambda: ops.convert_to_tensor(self.codebook),
+            lambda: self._kmeans(flat, initial),
         )
+        if synced:
+            codebook = self._replica_mean(codebook)
+            if self.use_cosine:
+                codebook = _l2_normalize(codebook)
         self.codebook.assign(codebook)
         if self.decay is not None:
             self.ema_cluster_size.assign(
@@ -568,8 +588,8 @@ class VectorQuantizer(_Quantizer):
             )
         self.initialized.assign(ops.ones_like(self.initialized))
 
-    def _kmeans(self, flat):
-        """`kmeans_iters` Lloyd iterations from random rows of `flat`; `(K, code)`."""
+    def _kmeans(self, flat, initial=None):
+        """`kmeans_iters` Lloyd iterations from `initial` (default random rows of `flat`)."""
         size = self.codebook_size
         ones = ops.ones(ops.shape(flat)[:1], dtype="float32")
 
@@ -583,7 +603,11 @@ class VectorQuantizer(_Quantizer):
             # An empty cluster keeps its centroid.
             return ops.where(counts > 0, means, centroids)
 
-        return ops.fori_loop(0, self.kmeans_iters, lloyd_step, self._sample_rows(flat, size))
+        if initial is None:
+            initial = self._sample_rows(flat, size)
+        elif self.use_cosine:
+            initial = _l2_normalize(initial)
+        return ops.fori_loop(0, self.kmeans_iters, lloyd_step, initial)
 
     def _restart_dead_codes(self, flat, counts):
         usage = self._usage_decay * self.code_usage + (1.0 - self._usage_decay) * counts
@@ -592,6 +616,9 @@ class VectorQuantizer(_Quantizer):
         fresh = ops.cond(
             ops.any(dead), lambda: self._sample_rows(flat, self.codebook_size), lambda: zeros
         )
+        fresh = self._replica_mean(fresh)
+        if self.use_cosine:
+            fresh = _l2_normalize(fresh)
         dead_rows = dead[:, None]
         self.code_usage.assign(ops.where(dead, self._initial_usage, usage))
         self.codebook.assign(ops.where(dead_rows, fresh, self.codebook))
@@ -599,6 +626,16 @@ class VectorQuantizer(_Quantizer):
             # A re-seeded code restarts from the EMA state of a fresh code.
             self.ema_cluster_size.assign(ops.where(dead, 1.0, self.ema_cluster_size))
             self.ema_embed_sum.assign(ops.where(dead_rows, fresh, self.ema_embed_sum))
+
+    @staticmethod
+    def _replica_mean(value):
+        """Mean of `value` over replicas (itself without a strategy), so replicas agree.
+
+        Random draws differ per replica (each has its own shard of the batch): a
+        re-seeded code or k-means seed is the mean of one draw per replica.
+        """
+        total, replicas = cross_replica_sum([value, ops.ones((), dtype="float32")])
+        return total / replicas
 
     def _sample_rows(self, flat, count):
         """`count` rows of `flat` drawn without replacement (cycling if N < count)."""
