@@ -20,3 +20,7 @@ __all__ += [
     "load_or_train_shapes_perceptual",
     "perceptual_distance",
 ]
+
+from kzoo.models.code_prior import CodePrior, Generator  # noqa: E402
+
+__all__ += ["CodePrior", "Generator"]

@@ -1,0 +1,117 @@
+"""Class-conditional transformer prior over the `vqgan_shapes` codes (8x8 grid, 6 shape classes).
+
+Run (after `vqgan_shapes`, whose workdir `vq_workdir` names):
+    kzoo train vqgan_shapes --workdir runs/vqgan_shapes
+    kzoo train code_prior_shapes --workdir runs/code_prior_shapes
+
+The training data is `build_code_dataset(config, prior)`: the kzoo_shapes
+training images encoded by the tokenizer of `vq_workdir`, as `(tokens, targets)`
+batches (start token per shape class, then the raster-order codes). Sampling:
+`kzoo.models.Generator(prior, tokenizer, top_k=...)` exports one `generate`
+endpoint (labels, seed -> images).
+
+Result: not yet measured here (no long run was made in this change).
+"""
+
+import os
+
+import numpy as np
+
+_ENCODE_BATCH = 256
+
+
+def get_config():
+    return {
+        "model": {
+            "class_name": "CodePrior",
+            "codebook_size": 256,
+            "grid_shape": (8, 8),
+            "hidden_dim": 128,
+            "num_layers": 4,
+            "num_heads": 4,
+            "num_classes": 6,
+            "dropout": 0.1,
+        },
+        "vq_workdir": "runs/vqgan_shapes",
+        "dataset": "kzoo_shapes",
+        # The class label of each image (kzoo_shapes "label" = shape id, 6 classes).
+        "label": "label",
+        "num_examples": 5000,
+        "batch_size": 32,
+        "steps": 5000,
+        "steps_per_epoch": 100,
+        "learning_rate": 3e-4,
+        "weight_decay": 0.01,
+        "ema": False,
+        "grad_accum_steps": 1,
+        "precision": "float32",
+        "jit_compile": False,
+        "seed": 0,
+    }
+
+
+def encode_dataset(config, tokenizer):
+    """`(codes (N, h, w), labels (N,))` of the training split, encoded by `tokenizer`."""
+    import kzoo.data
+
+    height, width = tokenizer.image_shape[:2]
+    images, labels = kzoo.data.load_arrays(
+        config["dataset"],
+        split="train",
+        image_size=height if height == width else (height, width),
+        num_examples=config.get("num_examples"),
+    )
+    codes = np.concatenate(
+        [
+            np.asarray(tokenizer.encode(images[start : start + _ENCODE_BATCH]))
+            for start in range(0, len(images), _ENCODE_BATCH)
+        ]
+    )
+    label_key = config.get("label")
+    return codes, (None if label_key is None else np.asarray(labels[label_key]))
+
+
+def build_code_dataset(config, prior, skip_batches=0, tokenizer=None):
+    """The prior's infinite, deterministic `tf.data` of `(tokens, targets)` batches.
+
+    Args:
+        config: a resolved `code_prior_shapes` config.
+        prior: the `kzoo.models.CodePrior` being trained (its `prepare_inputs`).
+        skip_batches: batches to skip (resuming after this many steps).
+        tokenizer: the VQ model; default the trained model of `config["vq_workdir"]`.
+
+    Returns:
+        A `tf.data.Dataset` of int32 `(tokens, targets)`, each `(batch_size, h*w)`.
+    """
+    import tensorflow as tf
+
+    from kzoo.training import checkpoint
+
+    if tokenizer is None:
+        workdir = config["vq_workdir"]
+        if not os.path.isdir(workdir):
+            raise ValueError(
+                "`vq_workdir` must be the workdir of a trained VQ tokenizer (run `kzoo train "
+                f"vqgan_shapes` first). Received: vq_workdir={workdir!r}"
+            )
+        tokenizer = checkpoint.load_trained_model(workdir)
+    if (
+        tokenizer.codebook_size != prior.codebook_size
+        or tuple(tokenizer.latent_shape[:2]) != prior.grid_shape
+    ):
+        raise ValueError(
+            f"The prior's codebook_size={prior.codebook_size} and grid_shape={prior.grid_shape} "
+            f"must match the tokenizer's. Received: tokenizer codebook_size="
+            f"{tokenizer.codebook_size}, latent grid {tuple(tokenizer.latent_shape[:2])}"
+        )
+    codes, labels = encode_dataset(config, tokenizer)
+    if prior.num_classes is None:
+        labels = None
+    tokens, targets = prior.prepare_inputs(codes, labels)
+    dataset = tf.data.Dataset.from_tensor_slices((np.asarray(tokens), np.asarray(targets)))
+    dataset = (
+        dataset.shuffle(len(codes), seed=config["seed"], reshuffle_each_iteration=True)
+        .repeat()
+        .batch(config["batch_size"], drop_remainder=True)
+    )
+    return dataset.skip(skip_batches) if skip_batches else dataset
