@@ -86,10 +86,13 @@ def _cmd_train(args):
     config = recipes.get_recipe(args.recipe, args.overrides)
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be a positive integer. Received: --steps={args.steps}")
+    import importlib
+
     from kzoo.training import train
 
     workdir = args.workdir or os.path.join("runs", args.recipe)
-    train(config, workdir, steps=args.steps)
+    recipe = importlib.import_module(f"recipes.{args.recipe}")
+    train(config, workdir, steps=args.steps, dataset_fn=getattr(recipe, "build_dataset", None))
     print(f"Trained {args.recipe}; checkpoint and config.json in {workdir}")
 
 

@@ -115,3 +115,7 @@ def build_code_dataset(config, prior, skip_batches=0, tokenizer=None):
         .batch(config["batch_size"], drop_remainder=True)
     )
     return dataset.skip(skip_batches) if skip_batches else dataset
+
+
+# `kzoo train` feeds a recipe's `build_dataset(config, model, skip_batches=...)` to the trainer.
+build_dataset = build_code_dataset

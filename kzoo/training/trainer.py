@@ -100,7 +100,7 @@ def train_dataset(config, model, skip_batches=0):
     return dataset.skip(skip_batches) if skip_batches else dataset
 
 
-def train(config, workdir, steps=None, verbose="auto"):
+def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
     """Train (or resume) the recipe `config` in `workdir`; return the trained model.
 
     Args:
@@ -108,6 +108,9 @@ def train(config, workdir, steps=None, verbose="auto"):
         workdir: directory for `config.json`, checkpoints and `log.csv`.
         steps: total optimizer steps; overrides `config["steps"]`.
         verbose: passed to `fit`.
+        dataset_fn: `dataset_fn(config, model, skip_batches=N)` for recipes whose
+            data is not images of `config["dataset"]` (a code prior's token
+            grids, say); default `train_dataset`.
 
     Returns:
         The trained `keras.Model` (also saved as the workdir's checkpoint).
@@ -125,7 +128,11 @@ def train(config, workdir, steps=None, verbose="auto"):
     with strategy.scope():
         model, state = ckpt.load_checkpoint(workdir)
         if model is None:
-            model = build_model(config["model"])
+            model_config = dict(config["model"])
+            if config.get("autoencoder_workdir"):
+                # Latent diffusion: the frozen autoencoder of another workdir.
+                model_config["autoencoder"] = ckpt.load_trained_model(config["autoencoder_workdir"])
+            model = build_model(model_config)
             model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
     if config.get("strategy") == "multi_worker":
         from kzoo.training.distribute import enable_multi_worker_fit
@@ -139,7 +146,9 @@ def train(config, workdir, steps=None, verbose="auto"):
     epochs = math.ceil(config["steps"] / steps_per_epoch)
     if initial_epoch >= epochs:
         return model
-    dataset = train_dataset(config, model, skip_batches=initial_epoch * steps_per_epoch)
+    dataset = (dataset_fn or train_dataset)(
+        config, model, skip_batches=initial_epoch * steps_per_epoch
+    )
     model.fit(
         dataset,
         epochs=epochs,
