@@ -1,6 +1,27 @@
-"""Metrics: image quality and codebook health."""
+"""Metrics: image quality, codebook health, and KID / FID in a learned feature space."""
 
 from kzoo.metrics.codebook import codebook_stats
-from kzoo.metrics.image import psnr
+from kzoo.metrics.features import (
+    ShapesClassifier,
+    extract_features,
+    load_or_train_shapes_classifier,
+    train_shapes_classifier,
+)
+from kzoo.metrics.fid import compute_fid, frechet_distance, frechet_distance_from_stats
+from kzoo.metrics.image import psnr, ssim
+from kzoo.metrics.kid import compute_kid, kernel_inception_distance
 
-__all__ = ["codebook_stats", "psnr"]
+__all__ = [
+    "ShapesClassifier",
+    "codebook_stats",
+    "compute_fid",
+    "compute_kid",
+    "extract_features",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "kernel_inception_distance",
+    "load_or_train_shapes_classifier",
+    "psnr",
+    "ssim",
+    "train_shapes_classifier",
+]
