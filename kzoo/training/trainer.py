@@ -161,6 +161,8 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
                 [
                     ckpt.CheckpointCallback(workdir, steps_per_epoch),
                     keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+                    keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+                    *_image_callbacks(config, model, workdir),
                 ]
                 # Only the chief writes: every worker holds the same weights, and
                 # workers on one filesystem would race on the same files.
@@ -195,3 +197,32 @@ def _strategy(config):
 def _is_chief(strategy):
     extended = strategy.extended
     return getattr(extended, "should_checkpoint", True)
+
+
+def _image_callbacks(config, model, workdir):
+    """TensorBoard image grids: reconstructions of fixed test images, or samples."""
+    from kzoo.training.callbacks import ImageGridCallback
+
+    log_dir = os.path.join(workdir, "logs", "images")
+    if hasattr(model, "encode") and hasattr(model, "image_shape"):
+        import kzoo.data
+
+        fixed, _ = kzoo.data.load_arrays(
+            config["dataset"], split="test", num_examples=8, image_size=model.image_shape[0]
+        )
+        return [
+            ImageGridCallback(
+                log_dir, lambda m: [fixed, m.predict(fixed, verbose=0)], name="reconstructions"
+            )
+        ]
+    if hasattr(model, "generate"):
+        num_classes = getattr(model, "num_classes", None)
+        labels = None if not num_classes else [i % num_classes for i in range(8)]
+
+        def samples(m):
+            if labels is None:
+                return m.generate(num_images=8, num_steps=20, seed=0)
+            return m.generate(labels=labels, num_steps=20, seed=0)
+
+        return [ImageGridCallback(log_dir, samples, every_n_epochs=5, name="samples")]
+    return []
