@@ -62,6 +62,9 @@ def test_train_writes_config_checkpoint_and_resumes_exactly(trained):
     with open(os.path.join(resumed, "state.json")) as f:
         state = json.load(f)
     assert state == {"epoch": 2, "step": 4, "checkpoint": "checkpoint-00000004.keras"}
+    # TensorBoard: losses and a reconstruction grid per epoch.
+    assert os.listdir(os.path.join(straight, "logs", "train"))
+    assert os.listdir(os.path.join(straight, "logs", "images"))
     # Only the current checkpoint is kept, and no temporary file is left behind.
     assert sorted(f for f in os.listdir(resumed) if "checkpoint" in f) == [
         "checkpoint-00000004.keras"
