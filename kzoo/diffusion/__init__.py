@@ -62,3 +62,8 @@ __all__ = [
     "training_target",
     "velocity_target",
 ]
+
+# DiffusionModel: training, generation and export around any denoiser.
+from kzoo.diffusion.diffusion_model import DiffusionModel, resolve_schedule  # noqa: E402
+
+__all__ += ["DiffusionModel", "resolve_schedule"]

@@ -5,6 +5,16 @@ A model that can be exported has `export_endpoints() -> dict[str, (fn, input_spe
 `input_specs` is a list of `keras.InputSpec` with a full shape (batch dim `None` for a
 dynamic batch), a dtype and a `name` (the signature's input name). The first key is the
 default signature.
+
+An endpoint may add a third element, `limits`, a dict of request limits checked at
+serving time (the exported graph raises `InvalidArgumentError` instead of clamping):
+`{input_name: (low, high)}` requires every value of that input in `[low, high]`, and
+`{"batch": n}` requires the leading dim of every input whose batch dim is `None` to be
+at most `n`. Example: `limits={"num_steps": (1, 250), "batch": 64}` rejects
+`num_steps=0` with "num_steps must be in [1, 250]. Received: num_steps=0".
+
+A model may also define `export_parity_batch() -> {endpoint: {input_name: array}}`;
+exports use it when no `parity_batch` is passed (`default_parity_batch`).
 """
 
 import contextlib
@@ -26,13 +36,17 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SIGNATURE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class Endpoint:
-    """One validated export endpoint: a traced function and its named input specs."""
+BATCH_LIMIT = "batch"
 
-    def __init__(self, name, fn, tensor_specs):
+
+class Endpoint:
+    """One validated export endpoint: a traced function, its named input specs and limits."""
+
+    def __init__(self, name, fn, tensor_specs, limits=None):
         self.name = name
         self.fn = fn
         self.tensor_specs = tensor_specs
+        self.limits = dict(limits or {})
 
     @property
     def input_names(self):
@@ -72,13 +86,87 @@ def get_endpoints(model):
                 f"signature; rename it (the default is {DEFAULT_SIGNATURE!r}). "
                 f"Received: endpoint name={name!r}"
             )
-        if not (isinstance(value, (tuple, list)) and len(value) == 2 and callable(value[0])):
+        if not (isinstance(value, (tuple, list)) and len(value) in (2, 3) and callable(value[0])):
             raise TypeError(
-                f"Endpoint {name!r} must be a (fn, input_specs) tuple. Received: {value!r}"
+                f"Endpoint {name!r} must be a (fn, input_specs) or (fn, input_specs, limits) "
+                f"tuple. Received: {value!r}"
             )
-        fn, input_specs = value
-        endpoints[name] = Endpoint(name, fn, _to_tensor_specs(name, input_specs))
+        fn, input_specs = value[:2]
+        tensor_specs = _to_tensor_specs(name, input_specs)
+        limits = _check_limits(name, tensor_specs, value[2] if len(value) == 3 else None)
+        endpoints[name] = Endpoint(name, fn, tensor_specs, limits)
     return endpoints
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_limits(endpoint_name, tensor_specs, limits):
+    """Validates an endpoint's `limits` dict against its input specs."""
+    if limits is None:
+        return {}
+    if not isinstance(limits, dict):
+        raise TypeError(
+            f"The limits of endpoint {endpoint_name!r} must be a dict "
+            f"{{input_name: (low, high), 'batch': n}}. Received: limits={limits!r}"
+        )
+    names = [spec.name for spec in tensor_specs]
+    checked = {}
+    for key, value in limits.items():
+        if key == BATCH_LIMIT:
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(
+                    f"The batch limit of endpoint {endpoint_name!r} must be an int >= 1. "
+                    f"Received: limits['batch']={value!r}"
+                )
+            checked[key] = value
+            continue
+        if key not in names:
+            raise ValueError(
+                f"Limits of endpoint {endpoint_name!r} must name its inputs {names} or "
+                f"'batch'. Received: limits key={key!r}"
+            )
+        if not (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(_is_number(v) for v in value)
+            and value[0] <= value[1]
+        ):
+            raise ValueError(
+                f"The limit of input {key!r} of endpoint {endpoint_name!r} must be a "
+                f"(low, high) pair with low <= high. Received: limits[{key!r}]={value!r}"
+            )
+        checked[key] = tuple(value)
+    return checked
+
+
+def _limit_assertions(endpoint, args):
+    """`tf.debugging.Assert` ops enforcing `endpoint.limits` on the traced inputs."""
+    assertions = []
+    for spec, arg in zip(endpoint.tensor_specs, args, strict=True):
+        bounds = endpoint.limits.get(spec.name)
+        if bounds is not None:
+            low, high = bounds
+            inside = tf.logical_and(
+                tf.reduce_all(arg >= tf.cast(low, arg.dtype)),
+                tf.reduce_all(arg <= tf.cast(high, arg.dtype)),
+            )
+            message = tf.strings.format(
+                f"{spec.name} must be in [{low}, {high}]. Received: {spec.name}={{}}",
+                arg,
+                summarize=8,
+            )
+            assertions.append(tf.debugging.Assert(inside, [message]))
+        batch_limit = endpoint.limits.get(BATCH_LIMIT)
+        if batch_limit is not None and spec.shape.rank and spec.shape[0] is None:
+            batch = tf.shape(arg)[0]
+            message = tf.strings.format(
+                f"The batch of {spec.name} must be at most {batch_limit}. Received: batch={{}}",
+                batch,
+            )
+            assertions.append(tf.debugging.Assert(batch <= batch_limit, [message]))
+    return assertions
 
 
 def _to_tensor_specs(endpoint_name, input_specs):
@@ -116,6 +204,9 @@ def _checked(endpoint):
     """Wraps an endpoint fn so a non-dict return fails at trace time with a clear message."""
 
     def traced(*args):
+        if endpoint.limits:
+            with tf.control_dependencies(_limit_assertions(endpoint, args)):
+                args = [tf.identity(arg) for arg in args]
         outputs = endpoint.fn(*args)
         if not isinstance(outputs, dict) or not all(isinstance(k, str) for k in outputs):
             raise TypeError(
@@ -126,6 +217,14 @@ def _checked(endpoint):
         return outputs
 
     return traced
+
+
+def default_parity_batch(model, parity_batch=None):
+    """`parity_batch`, or the model's own `export_parity_batch()` when it has one."""
+    if parity_batch is not None:
+        return parity_batch
+    make_batch = getattr(model, "export_parity_batch", None)
+    return make_batch() if callable(make_batch) else None
 
 
 def write_saved_model(model, endpoints, path):

@@ -74,7 +74,8 @@ def export_saved_model(
         version: a positive int; default the next integer after the largest existing
             version (of `<name>/` and `<name>_litert/`).
         parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
-            default a generated batch (see `kzoo.export.parity`).
+            default the model's `export_parity_batch()` if it has one, else a generated
+            batch (see `kzoo.export.parity`).
         check_parity: set False to skip the parity check (no subprocess is started).
 
     Returns:
@@ -124,7 +125,8 @@ def export_all(
             `float32.tflite`, `float16.tflite`, `dynamic.tflite`.
         version: a positive int free in every written format's directory; default the
             next integer after the largest existing version.
-        parity_batch: optional `{endpoint: {input_name: array}}` for the parity check.
+        parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
+            default the model's `export_parity_batch()` if it has one, else generated.
         check_parity: set False to skip the parity checks.
 
     Returns:
@@ -144,6 +146,8 @@ def export_all(
     formats = _check_formats(formats)
     quantize = _check_quantize_list(quantize) if "litert" in formats else ()
     endpoints = _core.get_endpoints(model)
+    if check_parity:
+        parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
     name = _core.resolve_name(model, name)
     dirs = {

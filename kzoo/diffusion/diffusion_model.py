@@ -1,0 +1,848 @@
+"""DiffusionModel: train any denoiser with `fit`, sample from it in one graph, export it.
+
+- DDPM training objective (random timestep, random noise, regress the target):
+  Ho et al. 2020, https://arxiv.org/abs/2006.11239 (Algorithm 1).
+- Classifier-free guidance (label dropout in training, a null class for sampling):
+  Ho & Salimans 2022, https://arxiv.org/abs/2207.12598 (Algorithm 1).
+- Min-SNR-gamma loss weighting: Hang et al. 2023, https://arxiv.org/abs/2303.09556.
+- Latent diffusion over a frozen autoencoder, latents scaled to unit variance
+  (`latent_scale = 1 / std` of a first batch): Rombach et al. 2022,
+  https://arxiv.org/abs/2112.10752 (Sec. 3.3 and Appendix G).
+
+The denoiser is any Keras layer or model called as `denoiser([x_t, t])` or, when
+class-conditional, `denoiser([x_t, t, labels])`, returning a float32 prediction
+shaped like `x_t` (`kzoo.models.UNet` and `kzoo.models.DiT` follow this contract;
+label id `num_classes` is the null class). This module never imports a model.
+
+Weight EMA: recipes use the optimizer's `use_ema=True`
+(`keras.optimizers.AdamW(..., use_ema=True, ema_momentum=0.999)`); Keras keeps the
+moving averages in the optimizer and swaps them into the model's weights at the end
+of `fit`, so `generate`, `.keras` checkpoints and exports taken after `fit` use the
+EMA weights.
+
+`train_step` and the compiled `generate` use TensorFlow (`tf.GradientTape`,
+`tf.function`), imported lazily: kzoo trains and serves on the TensorFlow backend.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kzoo.diffusion.guidance import drop_labels, guided_denoiser
+from kzoo.diffusion.samplers import SAMPLERS, Sampler, make_sampler, sample
+from kzoo.diffusion.schedules import (
+    SCHEDULE_NAMES,
+    NoiseSchedule,
+    add_noise,
+    make_schedule,
+    min_snr_loss_weight,
+    training_target,
+    validate_prediction_type,
+)
+
+# Inputs of the exported `generate` endpoint, in signature order (labels and
+# guidance_scale only for class-conditional models).
+GENERATE_INPUTS = ("noise", "labels", "num_steps", "guidance_scale", "seed")
+# What `export_parity_batch` feeds `generate`: few steps keep the check fast.
+PARITY_NUM_STEPS = 4
+PARITY_GUIDANCE_SCALE = 3.0
+PARITY_BATCH_SIZE = 2
+
+
+def _is_int(value):
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _tensorflow():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "DiffusionModel trains and compiles its sampling loop with TensorFlow. "
+            f"Received: KERAS_BACKEND={keras.backend.backend()!r}"
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def resolve_schedule(schedule):
+    """A `NoiseSchedule` from a name, a dict of `make_schedule` arguments or a schedule.
+
+    Args:
+        schedule: one of `SCHEDULE_NAMES`, a dict such as `{"name": "cosine",
+            "num_train_timesteps": 1000}`, or a `NoiseSchedule`.
+
+    Returns:
+        A `NoiseSchedule`.
+
+    Example:
+    ```python
+    resolve_schedule({"name": "linear", "num_train_timesteps": 500})
+    ```
+    """
+    if isinstance(schedule, NoiseSchedule):
+        return schedule
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULE_NAMES:
+            raise ValueError(
+                f"Unknown noise schedule: `schedule` must be one of {list(SCHEDULE_NAMES)}, "
+                "a dict of make_schedule arguments or a NoiseSchedule. "
+                f"Received: schedule={schedule!r}"
+            )
+        return make_schedule(schedule)
+    if isinstance(schedule, dict):
+        config = dict(schedule)
+        config.setdefault("name", "linear")
+        try:
+            return NoiseSchedule(**config)
+        except TypeError as error:
+            raise ValueError(
+                f"`schedule` dict must hold make_schedule arguments ({error}). "
+                f"Received: schedule={schedule!r}"
+            ) from None
+    raise ValueError(
+        f"`schedule` must be one of {list(SCHEDULE_NAMES)}, a dict of make_schedule "
+        f"arguments or a NoiseSchedule. Received: schedule={schedule!r}"
+    )
+
+
+def _static_shape(shape):
+    shape = tuple(shape)
+    if shape and all(_is_int(d) and d > 0 for d in shape):
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def _denoiser_sample_shape(denoiser):
+    """The `x_t` shape (without batch) a denoiser declares, or None if unknown."""
+    try:
+        inputs = denoiser.inputs  # Functional models: the first input is x_t.
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        shape = _static_shape(inputs[0].shape[1:])
+        if shape is not None:
+            return shape
+    for attribute in ("latent_shape", "image_shape"):
+        value = getattr(denoiser, attribute, None)
+        if isinstance(value, list | tuple) and _static_shape(value) is not None:
+            return _static_shape(value)
+    return None
+
+
+class _Cache:
+    """Samplers and compiled generate functions, kept out of Keras/TF object tracking
+    (a tracked dict of `tf.function`s would break SavedModel export)."""
+
+    def __init__(self):
+        self.samplers = {}
+        self.generate_functions = {}
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class DiffusionModel(keras.Model):
+    """A diffusion model around any denoiser: `fit` on images, `generate`, export.
+
+    `fit` takes a dataset of images in [-1, 1] or of `(images, labels)` pairs
+    (labels `(B,)` ints in `[0, num_classes)`). Each `train_step` draws a timestep
+    and Gaussian noise per example, noises the data (or the autoencoder latents),
+    replaces labels by the null class `num_classes` with probability
+    `class_dropout_prob`, and regresses the `prediction_type` target with an MSE in
+    float32 (min-SNR-gamma weighted when `snr_gamma` is set). Under
+    `mixed_float16` the loss is scaled by the optimizer (`compile` wraps it in a
+    `LossScaleOptimizer`). The logged `loss` is the mean of the per-example losses.
+
+    For weight EMA compile with an optimizer built with `use_ema=True`: Keras swaps
+    the averaged weights in at the end of `fit`.
+
+    Latent diffusion: with `autoencoder` (a kzoo `VQVAE`, frozen here) the model
+    trains on `autoencoder.encoder(images) * latent_scale` (pre-quantization
+    latents) and `generate` decodes sampled latents through the autoencoder's
+    quantizer and decoder. `latent_scale=None` estimates `1 / std` of the first
+    training batch's latents once and stores it as a (non-trainable) weight.
+
+    Args:
+        denoiser: a Keras layer/model called as `denoiser([x_t, t(, labels)])`
+            returning a prediction shaped like `x_t`. Checked once here with a
+            zeros batch.
+        schedule: a schedule name (`"linear"`, `"scaled_linear"`, `"cosine"`,
+            `"sigmoid"`), a dict of `make_schedule` arguments, or a `NoiseSchedule`.
+        prediction_type: what the denoiser predicts: `"eps"`, `"v"` or `"x0"`.
+        num_classes: number of classes for class conditioning; default the
+            denoiser's `num_classes` attribute (None: unconditional).
+        class_dropout_prob: probability in `[0, 1)` of training with the null class
+            (classifier-free guidance needs it `> 0`).
+        snr_gamma: None, or the gamma `> 0` of min-SNR loss weighting (5 in the paper).
+        autoencoder: None, or a frozen kzoo `VQVAE` for latent diffusion.
+        latent_scale: latent multiplier (`> 0`); None estimates it on the first batch.
+        max_generate_steps: largest `num_steps` the exported `generate` accepts.
+        max_generate_batch: largest batch the exported `generate` accepts; the
+            Python `generate` runs larger requests in chunks of this size.
+        export_sampler: sampler of the exported `generate` (one of `SAMPLERS`).
+        sample_shape: `x_t` shape without batch, only for denoisers that do not
+            declare it (Functional inputs, `image_shape` or `latent_shape`).
+        seed: seed of the training noise `SeedGenerator`.
+        **kwargs: base `keras.Model` arguments (`name`, ...).
+
+    Example:
+    ```python
+    unet = kzoo.models.UNet(image_shape=(32, 32, 3), num_classes=6)
+    model = kzoo.diffusion.DiffusionModel(unet, schedule="cosine", prediction_type="v")
+    model.compile(optimizer=keras.optimizers.AdamW(2e-4, use_ema=True))
+    model.fit(dataset_of_images_and_labels, epochs=10)
+    images = model.generate(labels=[0, 1, 2], num_steps=50, guidance_scale=3.0)
+    ```
+    """
+
+    def __init__(
+        self,
+        denoiser,
+        schedule="linear",
+        prediction_type="eps",
+        num_classes=None,
+        class_dropout_prob=0.1,
+        snr_gamma=None,
+        autoencoder=None,
+        latent_scale=None,
+        max_generate_steps=250,
+        max_generate_batch=64,
+        export_sampler="ddim",
+        sample_shape=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "diffusion_model")
+        super().__init__(**kwargs)
+        if not isinstance(denoiser, keras.layers.Layer):
+            raise TypeError(
+                "`denoiser` must be a Keras layer or model called as "
+                f"denoiser([x_t, t(, labels)]). Received: denoiser={denoiser!r}"
+            )
+        schedule = resolve_schedule(schedule)
+        validate_prediction_type(prediction_type)
+        num_classes = self._resolve_num_classes(num_classes, denoiser)
+        if not _is_number(class_dropout_prob) or not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(
+                "`class_dropout_prob` must be a number in [0, 1). "
+                f"Received: class_dropout_prob={class_dropout_prob!r}"
+            )
+        if snr_gamma is not None and (not _is_number(snr_gamma) or not snr_gamma > 0):
+            raise ValueError(
+                f"`snr_gamma` must be None or a number > 0. Received: snr_gamma={snr_gamma!r}"
+            )
+        total = schedule.num_train_timesteps
+        if not _is_int(max_generate_steps) or not 1 <= max_generate_steps <= total:
+            raise ValueError(
+                f"`max_generate_steps` must be an integer in [1, num_train_timesteps={total}]. "
+                f"Received: max_generate_steps={max_generate_steps!r}"
+            )
+        if not _is_int(max_generate_batch) or max_generate_batch < 1:
+            raise ValueError(
+                "`max_generate_batch` must be an integer >= 1. "
+                f"Received: max_generate_batch={max_generate_batch!r}"
+            )
+        if export_sampler not in SAMPLERS:
+            raise ValueError(
+                f"`export_sampler` must be one of {list(SAMPLERS)}. "
+                f"Received: export_sampler={export_sampler!r}"
+            )
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
+        if latent_scale is not None:
+            if autoencoder is None:
+                raise ValueError(
+                    "`latent_scale` applies to latent diffusion only (pass `autoencoder`). "
+                    f"Received: latent_scale={latent_scale!r} with autoencoder=None"
+                )
+            if not _is_number(latent_scale) or not latent_scale > 0:
+                raise ValueError(
+                    f"`latent_scale` must be None or a number > 0. "
+                    f"Received: latent_scale={latent_scale!r}"
+                )
+        if sample_shape is not None:
+            checked = (
+                _static_shape(sample_shape) if isinstance(sample_shape, list | tuple) else None
+            )
+            if checked is None:
+                raise ValueError(
+                    "`sample_shape` must be None or a tuple of positive integers. "
+                    f"Received: sample_shape={sample_shape!r}"
+                )
+            sample_shape = checked
+
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.num_classes = num_classes
+        self.class_dropout_prob = float(class_dropout_prob)
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
+        self.max_generate_steps = int(max_generate_steps)
+        self.max_generate_batch = int(max_generate_batch)
+        self.export_sampler = export_sampler
+        self.seed = seed
+        self._latent_scale_config = None if latent_scale is None else float(latent_scale)
+        self._sample_shape_config = sample_shape
+
+        # === Layers ===
+        self.denoiser = denoiser
+        self.autoencoder = self._check_autoencoder(autoencoder)
+        self.sample_shape = self._resolve_sample_shape(denoiser, sample_shape)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.latent_scale = None
+        if self.autoencoder is not None:
+            # 0 means "not estimated yet"; the first train_step stores 1 / std.
+            self.latent_scale = self.add_weight(
+                name="latent_scale",
+                shape=(),
+                initializer=keras.initializers.Constant(self._latent_scale_config or 0.0),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+        self._check_denoiser_output()
+        self._cache = _Cache()
+        self.built = True
+
+    # === Construction checks ===
+    @staticmethod
+    def _resolve_num_classes(num_classes, denoiser):
+        declared = getattr(denoiser, "num_classes", None)
+        if num_classes is None:
+            num_classes = declared
+        elif declared is not None and declared != num_classes:
+            raise ValueError(
+                f"`num_classes` must match the denoiser's num_classes={declared}. "
+                f"Received: num_classes={num_classes!r}"
+            )
+        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+            raise ValueError(
+                "`num_classes` must be None or an integer >= 1. "
+                f"Received: num_classes={num_classes!r}"
+            )
+        return None if num_classes is None else int(num_classes)
+
+    @staticmethod
+    def _check_autoencoder(autoencoder):
+        if autoencoder is None:
+            return None
+        missing = [
+            name
+            for name in ("encoder", "decoder", "quantizer", "latent_shape", "image_shape")
+            if not hasattr(autoencoder, name)
+        ]
+        if not isinstance(autoencoder, keras.Model) or missing:
+            raise TypeError(
+                "`autoencoder` must be a kzoo VQVAE-like keras.Model with `encoder`, `decoder`, "
+                f"`quantizer`, `latent_shape` and `image_shape` (missing: {missing}). "
+                f"Received: autoencoder={autoencoder!r}"
+            )
+        # Frozen: only the denoiser trains; its variables stay out of the optimizer.
+        # Set True first: under the TF backend `trainable = False` on a model whose flag
+        # is already False (one deserialized with trainable=False) is skipped by tf's
+        # AutoTrackable (`self.x = self.x` short-circuits), so its sublayers, built
+        # trainable, would stay trainable; the True -> False change reaches them all.
+        autoencoder.trainable = True
+        autoencoder.trainable = False
+        return autoencoder
+
+    def _resolve_sample_shape(self, denoiser, sample_shape):
+        declared = _denoiser_sample_shape(denoiser)
+        if sample_shape is not None and declared is not None and sample_shape != declared:
+            raise ValueError(
+                f"`sample_shape` must match the denoiser's input shape {declared}. "
+                f"Received: sample_shape={sample_shape}"
+            )
+        shape = sample_shape or declared
+        if self.autoencoder is not None:
+            latent_shape = tuple(self.autoencoder.latent_shape)
+            if shape is not None and shape != latent_shape:
+                raise ValueError(
+                    f"Wrong latent shape for the denoiser: the autoencoder's latents are "
+                    f"{latent_shape} (its `latent_shape`) but `denoiser` takes x_t of shape "
+                    f"{shape}. Build the denoiser with input shape {latent_shape}. "
+                    f"Received: denoiser input shape={shape}"
+                )
+            shape = latent_shape
+        if shape is None:
+            raise ValueError(
+                "Cannot tell the shape of x_t: the denoiser declares no input shape "
+                "(Functional inputs, `image_shape` or `latent_shape`); pass `sample_shape`. "
+                "Received: sample_shape=None"
+            )
+        return shape
+
+    def _check_denoiser_output(self):
+        # One tiny eager call builds the denoiser and checks the output contract.
+        zeros = ops.zeros((1, *self.sample_shape), "float32")
+        timesteps = ops.zeros((1,), "int32")
+        labels = None if self.num_classes is None else ops.full((1,), self.num_classes, "int32")
+        try:
+            output = self._denoise(zeros, timesteps, labels, training=False)
+        except Exception as error:
+            raise ValueError(
+                f"`denoiser` failed on a zeros batch x_t of shape {(1, *self.sample_shape)} "
+                f"with timesteps (1,) and labels {None if labels is None else '(1,)'} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+                f"Received: denoiser={self.denoiser.name!r} with num_classes={self.num_classes}"
+            ) from None
+        if tuple(output.shape) != (1, *self.sample_shape):
+            raise ValueError(
+                "`denoiser` must return a prediction shaped like its input x_t "
+                f"{(1, *self.sample_shape)} (a DiT with learn_sigma=True returns twice the "
+                f"channels). Received: output shape={tuple(output.shape)}"
+            )
+
+    # === Properties ===
+    @property
+    def image_shape(self):
+        """Shape `(H, W, C)` of the images the model trains on and generates."""
+        if self.autoencoder is not None:
+            return tuple(self.autoencoder.image_shape)
+        return self.sample_shape
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    # === Forward ===
+    def _denoise(self, x_t, timesteps, labels, training):
+        inputs = [x_t, timesteps] if self.num_classes is None else [x_t, timesteps, labels]
+        return ops.cast(self.denoiser(inputs, training=training), "float32")
+
+    def call(self, inputs, training=False):
+        """The denoiser's prediction for `[x_t, t(, labels)]` (float32)."""
+        inputs = list(inputs)
+        labels = inputs[2] if len(inputs) > 2 else None
+        return self._denoise(inputs[0], inputs[1], labels, training=training)
+
+    def _encode(self, images):
+        images = ops.cast(images, "float32")
+        expected = self.image_shape
+        got = tuple(images.shape[1:])
+        if len(images.shape) != len(expected) + 1 or any(
+            g is not None and g != e for g, e in zip(got, expected, strict=True)
+        ):
+            raise ValueError(
+                f"`images` must have shape (batch, {', '.join(map(str, expected))}) "
+                f"(the model's `image_shape`). Received: images.shape={tuple(images.shape)}"
+            )
+        if self.autoencoder is None:
+            return images
+        return ops.cast(self.autoencoder.encoder(images, training=False), "float32")
+
+    def _current_latent_scale(self, latents=None):
+        """The stored latent scale; where unset, `1 / std(latents)` (or 1 without latents)."""
+        stored = ops.convert_to_tensor(self.latent_scale)
+        fallback = 1.0 if latents is None else 1.0 / ops.maximum(ops.std(latents), 1e-6)
+        return ops.where(stored > 0.0, stored, fallback)
+
+    def _decode(self, x):
+        """Final samples -> images in [-1, 1] (through the autoencoder for latents)."""
+        if self.autoencoder is not None:
+            latents = x / self._current_latent_scale()
+            quantizer = self.autoencoder.quantizer
+            vectors = quantizer.lookup(quantizer.get_code_indices(latents))
+            x = self.autoencoder.decoder(vectors, training=False)
+        return ops.clip(ops.cast(x, "float32"), -1.0, 1.0)
+
+    # === Training ===
+    def _unpack(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if labels is None and isinstance(images, list | tuple) and len(images) == 2:
+            images, labels = images
+        if self.num_classes is None and labels is not None:
+            raise ValueError(
+                "Got (images, labels) batches but the model is unconditional "
+                "(num_classes=None); feed images only or set `num_classes`. "
+                f"Received: labels of shape {tuple(labels.shape)}"
+            )
+        if self.num_classes is not None and labels is None:
+            raise ValueError(
+                f"A class-conditional model (num_classes={self.num_classes}) trains on "
+                "(images, labels) batches. Received: batches of images only"
+            )
+        if labels is not None:
+            labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        return images, labels
+
+    def _noised_batch(self, data, training):
+        """`(x_t, t, labels, target)` of one batch: the diffusion forward process."""
+        images, labels = self._unpack(data)
+        x0 = self._encode(images)
+        if self.autoencoder is not None:
+            scale = self._current_latent_scale(x0)
+            if training:
+                self.latent_scale.assign(scale)
+            x0 = x0 * scale
+        batch = ops.shape(x0)[0]
+        timesteps = keras.random.randint(
+            (batch,), 0, self.schedule.num_train_timesteps, dtype="int32", seed=self.seed_generator
+        )
+        noise = keras.random.normal(ops.shape(x0), dtype="float32", seed=self.seed_generator)
+        x_t = add_noise(self.schedule, x0, noise, timesteps)
+        if labels is not None and training and self.class_dropout_prob > 0:
+            labels = drop_labels(
+                labels, self.class_dropout_prob, self.num_classes, seed=self.seed_generator
+            )
+        target = training_target(self.prediction_type, self.schedule, x0, noise, timesteps)
+        return x_t, timesteps, labels, target
+
+    def _diffusion_loss(self, prediction, target, timesteps):
+        """Mean over the local batch of per-example MSEs (min-SNR weighted), float32."""
+        error = ops.square(ops.cast(prediction, "float32") - target)
+        per_example = ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=-1)  # (B,)
+        if self.snr_gamma is not None:
+            weights = min_snr_loss_weight(
+                self.schedule, timesteps, self.prediction_type, self.snr_gamma
+            )
+            per_example = per_example * weights
+        loss = ops.mean(per_example)
+        if self.denoiser.losses:
+            loss = loss + ops.cast(ops.sum(self.denoiser.losses), "float32")
+        return loss
+
+    def train_step(self, data):
+        tf = _tensorflow()
+        x_t, timesteps, labels, target = self._noised_batch(data, training=True)
+        with tf.GradientTape() as tape:
+            prediction = self._denoise(x_t, timesteps, labels, training=True)
+            loss = self._diffusion_loss(prediction, target, timesteps)
+            # `loss` is this replica's batch mean and fit sums the replicas' gradients:
+            # divide by the replica count once (so by the global batch overall).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(loss / replicas if replicas > 1 else loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        self.loss_tracker.update_state(loss, sample_weight=ops.shape(x_t)[0])
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        x_t, timesteps, labels, target = self._noised_batch(data, training=False)
+        prediction = self._denoise(x_t, timesteps, labels, training=False)
+        loss = self._diffusion_loss(prediction, target, timesteps)
+        self.loss_tracker.update_state(loss, sample_weight=ops.shape(x_t)[0])
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    # === Sampling ===
+    def _get_sampler(self, sampler):
+        if isinstance(sampler, Sampler):
+            if sampler.prediction_type != self.prediction_type or sampler.schedule != self.schedule:
+                raise ValueError(
+                    "`sampler` must use the model's schedule and "
+                    f"prediction_type={self.prediction_type!r}. "
+                    f"Received: sampler with prediction_type={sampler.prediction_type!r} "
+                    f"and schedule={sampler.schedule!r}"
+                )
+            return sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(
+                f"`sampler` must be one of {list(SAMPLERS)} or a Sampler. "
+                f"Received: sampler={sampler!r}"
+            )
+        samplers = self._cache.samplers
+        if sampler not in samplers:
+            # Built eagerly, outside any traced function: DDPM's SeedGenerator is a variable.
+            samplers[sampler] = make_sampler(
+                sampler, self.schedule, prediction_type=self.prediction_type
+            )
+        return samplers[sampler]
+
+    def _sampling_denoiser(self, x, timesteps, labels):
+        return self._denoise(x, timesteps, labels, training=False)
+
+    def _generate_graph(self, sampler, noise, labels, num_steps, guidance_scale, seed):
+        """The whole sampling loop (one `fori_loop`) and the decode, as tensors."""
+        denoiser = self._sampling_denoiser
+        if guidance_scale is not None:
+            denoiser = guided_denoiser(denoiser, None, null_conditioning=self.num_classes)
+            guidance_scale = ops.cast(guidance_scale, "float32")
+        x = sample(
+            denoiser,
+            sampler,
+            ops.cast(noise, "float32"),
+            num_steps,
+            conditioning=None if labels is None else ops.cast(labels, "int32"),
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        return self._decode(x)
+
+    def _check_guidance(self, guidance_scale):
+        if guidance_scale is None:
+            return None
+        if self.num_classes is None:
+            raise ValueError(
+                "`guidance_scale` needs a class-conditional model with a trained null class; "
+                f"this model has num_classes=None. Received: guidance_scale={guidance_scale!r}"
+            )
+        if self.class_dropout_prob == 0:
+            raise ValueError(
+                "`guidance_scale` needs a null class trained with class_dropout_prob > 0; "
+                f"this model has class_dropout_prob=0. Received: guidance_scale={guidance_scale!r}"
+            )
+        if not _is_number(guidance_scale) or not np.isfinite(guidance_scale):
+            raise ValueError(
+                "`guidance_scale` must be None or a finite number. "
+                f"Received: guidance_scale={guidance_scale!r}"
+            )
+        return float(guidance_scale)
+
+    def _check_labels(self, num_images, labels):
+        if labels is None:
+            if num_images is None:
+                raise ValueError(
+                    "Pass `num_images` (or `labels`) to say how many images to generate. "
+                    "Received: num_images=None"
+                )
+            if not _is_int(num_images) or num_images < 1:
+                raise ValueError(
+                    f"`num_images` must be an integer >= 1. Received: num_images={num_images!r}"
+                )
+            if self.num_classes is None:
+                return int(num_images), None
+            # No labels: cycle through the classes.
+            return int(num_images), np.arange(num_images, dtype=np.int32) % self.num_classes
+        if self.num_classes is None:
+            raise ValueError(
+                "`labels` need a class-conditional model; this model has num_classes=None. "
+                f"Received: labels={labels!r}"
+            )
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not labels.size or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"`labels` must be a non-empty 1-D sequence of ints. Received: labels={labels!r}"
+            )
+        if labels.min() < 0 or labels.max() > self.num_classes:
+            raise ValueError(
+                f"`labels` must lie in [0, num_classes={self.num_classes}] (id "
+                f"{self.num_classes} is the null class). Received: labels={labels.tolist()}"
+            )
+        if num_images is not None and num_images != labels.size:
+            raise ValueError(
+                f"`num_images` must equal len(labels)={labels.size}. "
+                f"Received: num_images={num_images!r}"
+            )
+        return int(labels.size), labels.astype(np.int32)
+
+    def _check_num_steps(self, num_steps):
+        total = self.schedule.num_train_timesteps
+        if not _is_int(num_steps) or not 1 <= num_steps <= total:
+            raise ValueError(
+                f"`num_steps` must be an integer in [1, num_train_timesteps={total}]. "
+                f"Received: num_steps={num_steps!r}"
+            )
+        return int(num_steps)
+
+    def _compiled_generate(self, sampler, guided, jit_compile):
+        functions = self._cache.generate_functions
+        key = (id(sampler), guided, bool(jit_compile))
+        if key not in functions:
+
+            def fn(noise, labels, num_steps, guidance_scale, seed):
+                return self._generate_graph(sampler, noise, labels, num_steps, guidance_scale, seed)
+
+            if keras.backend.backend() == "tensorflow":
+                tf = _tensorflow()
+                fn = tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+            functions[key] = fn
+        return functions[key]
+
+    def generate(
+        self,
+        num_images=None,
+        labels=None,
+        num_steps=50,
+        sampler="ddim",
+        guidance_scale=None,
+        seed=0,
+        jit_compile=False,
+    ):
+        """Sample images in [-1, 1]; the whole loop (and the decode) runs as one graph.
+
+        Args:
+            num_images: how many images; default `len(labels)`. A class-conditional
+                model without `labels` cycles through the classes.
+            labels: 1-D ints in `[0, num_classes]` (`num_classes` is the null class:
+                unconditional samples), class-conditional models only.
+            num_steps: sampler steps, in `[1, num_train_timesteps]`.
+            sampler: `"ddim"`, `"ddpm"`, `"dpmpp_2m"`, `"euler"`, `"heun"` or a
+                `Sampler` built with the model's schedule and prediction type.
+            guidance_scale: None (plain conditional sampling) or the classifier-free
+                guidance scale `w` (1: conditional, 0: unconditional, > 1: stronger);
+                needs a class-conditional model trained with `class_dropout_prob > 0`.
+            seed: int seed of the initial noise and of stochastic samplers' noise.
+            jit_compile: compile the loop with XLA.
+
+        Returns:
+            float32 NumPy images `(num_images, *image_shape)` in [-1, 1].
+
+        Example:
+        ```python
+        images = model.generate(labels=[0, 0, 5], num_steps=20, sampler="dpmpp_2m",
+                                guidance_scale=3.0, seed=1)
+        ```
+        """
+        num_images, labels = self._check_labels(num_images, labels)
+        num_steps = self._check_num_steps(num_steps)
+        guidance_scale = self._check_guidance(guidance_scale)
+        if not _is_int(seed):
+            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        sampler = self._get_sampler(sampler)
+        fn = self._compiled_generate(sampler, guidance_scale is not None, jit_compile)
+        noise = (
+            np.random.default_rng(seed)
+            .standard_normal((num_images, *self.sample_shape))
+            .astype(np.float32)
+        )
+        chunks = []
+        for index, start in enumerate(range(0, num_images, self.max_generate_batch)):
+            stop = start + self.max_generate_batch
+            images = fn(
+                noise[start:stop],
+                None if labels is None else labels[start:stop],
+                np.int32(num_steps),
+                None if guidance_scale is None else np.float32(guidance_scale),
+                np.int32((seed + index) % (2**31 - 1)),
+            )
+            chunks.append(np.asarray(ops.convert_to_numpy(images)))
+        return np.concatenate(chunks, axis=0)
+
+    # === Export ===
+    def export_endpoints(self):
+        """Serving signatures `generate` (default) and `denoise`, with request limits.
+
+        `generate` inputs: `noise` float32 `(None, *sample_shape)` (standard normal;
+        latent-shaped for latent diffusion), `labels` int32 `(None,)` and
+        `guidance_scale` float32 `()` (class-conditional models only; `1.0` is plain
+        conditional sampling), `num_steps` int32 `()`, `seed` int32 `()` (noise of
+        stochastic samplers). Output `images` float32 `(None, *image_shape)` in
+        [-1, 1]. The whole `export_sampler` loop runs inside. Requests with
+        `num_steps` outside `[1, max_generate_steps]`, a batch above
+        `max_generate_batch` or labels outside `[0, num_classes]` fail with
+        InvalidArgumentError.
+
+        `denoise` inputs: `x_t` float32 `(None, *sample_shape)`, `timesteps` float32
+        `(None,)` (train timesteps, fractional allowed), `labels` int32 `(None,)`
+        (class-conditional only). Output `prediction` float32 in `prediction_type`.
+
+        LiteRT: `denoise` converts with builtin ops. The whole `generate` loop
+        converts too (a builtin WHILE) for the deterministic samplers (`ddim`,
+        `dpmpp_2m`, `euler`, `heun`) and matches Keras within 1e-4; `ddpm` draws
+        noise inside the loop with stateless random ops that are not LiteRT
+        builtins, so it exports to SavedModel only. The converter drops Assert ops:
+        a LiteRT `generate` does not enforce the limits, and `num_steps` is clamped
+        to `[1, num_train_timesteps]` by the sampler instead.
+
+        Returns:
+            `{name: (fn, input_specs, limits)}` (see `kzoo.export`).
+        """
+        sampler = make_sampler(
+            self.export_sampler, self.schedule, prediction_type=self.prediction_type
+        )
+        conditional = self.num_classes is not None
+        sample_spec = (None, *self.sample_shape)
+        specs = {
+            "noise": keras.InputSpec(shape=sample_spec, dtype="float32", name="noise"),
+            "labels": keras.InputSpec(shape=(None,), dtype="int32", name="labels"),
+            "num_steps": keras.InputSpec(shape=(), dtype="int32", name="num_steps"),
+            "guidance_scale": keras.InputSpec(shape=(), dtype="float32", name="guidance_scale"),
+            "seed": keras.InputSpec(shape=(), dtype="int32", name="seed"),
+        }
+        names = [
+            name
+            for name in GENERATE_INPUTS
+            if conditional or name not in ("labels", "guidance_scale")
+        ]
+
+        def generate(*args):
+            named = dict(zip(names, args, strict=True))
+            images = self._generate_graph(
+                sampler,
+                named["noise"],
+                named.get("labels"),
+                named["num_steps"],
+                named.get("guidance_scale"),
+                named["seed"],
+            )
+            return {"images": images}
+
+        limits = {"num_steps": (1, self.max_generate_steps), "batch": self.max_generate_batch}
+        if conditional:
+            limits["labels"] = (0, self.num_classes)
+
+        denoise_specs = [
+            keras.InputSpec(shape=sample_spec, dtype="float32", name="x_t"),
+            keras.InputSpec(shape=(None,), dtype="float32", name="timesteps"),
+        ]
+        if conditional:
+            denoise_specs.append(keras.InputSpec(shape=(None,), dtype="int32", name="labels"))
+
+        def denoise(x_t, timesteps, labels=None):
+            return {"prediction": self._denoise(x_t, timesteps, labels, training=False)}
+
+        return {
+            "generate": (generate, [specs[name] for name in names], limits),
+            "denoise": (denoise, denoise_specs),
+        }
+
+    def export_parity_batch(self):
+        """A fixed, meaningful parity batch for `kzoo.export`: `{endpoint: {input: array}}`.
+
+        `generate`: standard-normal noise for 2 samples, labels `[0, num_classes - 1]`,
+        `num_steps=4`, `guidance_scale=3.0`, `seed=0`. `denoise`: standard-normal
+        `x_t` at timesteps `[0.25 T, 0.75 T]`, labels `[0, num_classes]` (one null).
+        """
+        rng = np.random.default_rng(0)
+        shape = (PARITY_BATCH_SIZE, *self.sample_shape)
+        total = self.schedule.num_train_timesteps
+        generate = {
+            "noise": rng.standard_normal(shape).astype(np.float32),
+            "num_steps": np.int32(min(PARITY_NUM_STEPS, self.max_generate_steps)),
+            "seed": np.int32(0),
+        }
+        denoise = {
+            "x_t": rng.standard_normal(shape).astype(np.float32),
+            "timesteps": np.array([0.25 * (total - 1), 0.75 * (total - 1)], np.float32),
+        }
+        if self.num_classes is not None:
+            generate["labels"] = np.array([0, self.num_classes - 1], np.int32)
+            generate["guidance_scale"] = np.float32(PARITY_GUIDANCE_SCALE)
+            denoise["labels"] = np.array([0, self.num_classes], np.int32)
+        return {"generate": generate, "denoise": denoise}
+
+    # === Config ===
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "denoiser": keras.saving.serialize_keras_object(self.denoiser),
+            "schedule": self.schedule.get_config(),
+            "prediction_type": self.prediction_type,
+            "num_classes": self.num_classes,
+            "class_dropout_prob": self.class_dropout_prob,
+            "snr_gamma": self.snr_gamma,
+            "autoencoder": (
+                None
+                if self.autoencoder is None
+                else keras.saving.serialize_keras_object(self.autoencoder)
+            ),
+            "latent_scale": self._latent_scale_config,
+            "max_generate_steps": self.max_generate_steps,
+            "max_generate_batch": self.max_generate_batch,
+            "export_sampler": self.export_sampler,
+            "sample_shape": self._sample_shape_config,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["denoiser"] = keras.saving.deserialize_keras_object(config["denoiser"])
+        if config.get("autoencoder") is not None:
+            config["autoencoder"] = keras.saving.deserialize_keras_object(config["autoencoder"])
+        if isinstance(config.get("sample_shape"), list):
+            config["sample_shape"] = tuple(config["sample_shape"])
+        return cls(**config)
