@@ -11,6 +11,14 @@ import sys
 
 EXPORT_FORMATS = ("saved_model", "litert")
 QUANTIZE = ("none", "float16", "dynamic")
+# CLI sampler names -> kzoo.diffusion.make_sampler names.
+SAMPLERS = {
+    "ddpm": "ddpm",
+    "ddim": "ddim",
+    "dpm_solver": "dpmpp_2m",
+    "euler": "euler",
+    "heun": "heun",
+}
 
 
 def main(argv=None):
@@ -53,6 +61,18 @@ def _parser():
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--num", type=int, default=8, help="images per row")
     p.set_defaults(handler=_cmd_reconstruct)
+
+    p = sub.add_parser("sample", help="write a grid of generated images as PNG")
+    p.add_argument("workdir")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--num", type=int, default=8, help="images (one per class in turn)")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (diffusion)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    p.add_argument("--temperature", type=float, default=1.0, help="code prior sampling")
+    p.add_argument("--top-k", type=int, help="code prior sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_sample)
 
     p = sub.add_parser("export", help="export a trained workdir to SavedModel or LiteRT")
     p.add_argument("workdir")
@@ -162,8 +182,14 @@ def _cmd_reconstruct(args):
 
 
 def parity_batch(model, config, num=8):
-    """A parity batch of real test images (and their codes) instead of random inputs."""
+    """A parity batch of real test images (and their codes) for VQ models, else None.
+
+    Models with `export_parity_batch()` (diffusion, priors) supply their own.
+    """
     import kzoo.data
+
+    if hasattr(model, "export_parity_batch") or not hasattr(model, "encode"):
+        return None
 
     images, _ = kzoo.data.load_arrays(
         config["dataset"], split="test", num_examples=num, image_size=model.image_shape[0]
@@ -176,6 +202,69 @@ def parity_batch(model, config, num=8):
         "encode": {"images": images},
         "decode": {"indices": indices},
     }
+
+
+def sample(
+    workdir,
+    out,
+    num=8,
+    sampler="ddim",
+    steps=50,
+    guidance_scale=None,
+    seed=0,
+    temperature=1.0,
+    top_k=None,
+):
+    """Generate `num` images from a trained diffusion model or code prior into a PNG grid."""
+    import numpy as np
+
+    from kzoo.data.images import make_grid, save_png
+    from kzoo.training import load_trained_model
+
+    if num < 1:
+        raise ValueError(f"--num must be a positive integer. Received: --num={num}")
+    config = _workdir_config(workdir)
+    model = load_trained_model(workdir)
+    num_classes = getattr(model, "num_classes", None)
+    labels = None if not num_classes else np.arange(num) % num_classes
+    if hasattr(model, "next_token_logits"):  # a code prior: decode through its VQ tokenizer
+        from kzoo.models import Generator
+
+        tokenizer = load_trained_model(config["vq_workdir"])
+        generator = Generator(model, tokenizer, temperature=temperature, top_k=top_k)
+        images = generator.generate(
+            labels=labels, num_samples=None if num_classes else num, seed=seed
+        )
+    elif hasattr(model, "generate"):
+        images = model.generate(
+            num_images=None if num_classes else num,
+            labels=labels,
+            num_steps=steps,
+            sampler=SAMPLERS[sampler],
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+    else:
+        raise ValueError(
+            f"The workdir's model ({type(model).__name__}) does not generate images; "
+            f"use `kzoo reconstruct` for autoencoders. Received: workdir={workdir!r}"
+        )
+    return save_png(out, make_grid([np.asarray(images)], scale=2))
+
+
+def _cmd_sample(args):
+    path = sample(
+        args.workdir,
+        args.out,
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+    )
+    print(f"Wrote {path}")
 
 
 def _cmd_export(args):

@@ -56,5 +56,6 @@ def get_config():
         "grad_accum_steps": 1,
         "precision": "float32",
         "jit_compile": False,
+        "strategy": "default",
         "seed": 0,
     }

@@ -85,7 +85,8 @@ def load_checkpoint(workdir):
         return None, None
     path = os.path.join(workdir, state["checkpoint"])
     try:
-        import kzoo.layers  # noqa: F401  (register kzoo classes for deserialization)
+        import kzoo.diffusion  # noqa: F401  (register kzoo classes for deserialization)
+        import kzoo.layers  # noqa: F401
         import kzoo.models  # noqa: F401
 
         model = keras.saving.load_model(path)

@@ -1,0 +1,71 @@
+"""`kzoo train/sample/export` end to end on a tiny class-conditional DiT diffusion model."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from kzoo.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY_DIT = [
+    "--set",
+    "model.denoiser.input_shape=(16,16,3)",
+    "--set",
+    "model.denoiser.hidden_size=16",
+    "--set",
+    "model.denoiser.depth=1",
+    "--set",
+    "model.denoiser.num_heads=2",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "steps_per_epoch=2",
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("dit") / "run")
+    assert main(["train", "dit_shapes", "--workdir", path, "--steps", "2", *TINY_DIT]) == 0
+    return path
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
+def test_sample_writes_a_grid(workdir, sampler, tmp_path):
+    png = str(tmp_path / f"{sampler}.png")
+    argv = ["sample", workdir, "--out", png, "--num", "3", "--steps", "2", "--sampler", sampler]
+    assert main([*argv, "--guidance-scale", "2.0"]) == 0
+    assert Image.open(png).size == (3 * (16 * 2 + 2) + 2, 16 * 2 + 4)
+
+
+def test_export_generate_and_denoise(workdir, tmp_path, capsys):
+    out = str(tmp_path / "exported")
+    assert main(["export", workdir, "--format", "saved_model", "--out", out]) == 0
+    assert "generate" in capsys.readouterr().out
+    with open(os.path.join(out, "dit_shapes", "1", "parity.json")) as f:
+        parity = json.load(f)["results"]["saved_model"]
+    assert set(parity) >= {"generate", "denoise"}
+
+
+def test_sample_of_an_autoencoder_is_a_clear_error(tmp_path, capsys):
+    vq = str(tmp_path / "vq")
+    tiny_vq = [
+        "--set",
+        "model.image_shape=(16,16,3)",
+        "--set",
+        "model.channels=(8,16)",
+        "--set",
+        "model.norm_groups=4",
+        "--set",
+        "model.codebook_size=16",
+        "--set",
+        "model.embedding_dim=8",
+        "--set",
+        "batch_size=8",
+    ]
+    assert main(["train", "vqvae_shapes", "--workdir", vq, "--steps", "1", *tiny_vq]) == 0
+    assert main(["sample", vq, "--out", str(tmp_path / "x.png")]) == 2
+    assert "does not generate images" in capsys.readouterr().err
