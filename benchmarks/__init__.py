@@ -1,0 +1,4 @@
+"""kzoo benchmarks: the workloads of shared/BENCHMARKS.md, one JSON line each.
+
+Run `python -m benchmarks.run --workload all`; see benchmarks/README.md.
+"""

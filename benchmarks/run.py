@@ -1,0 +1,265 @@
+"""Benchmark runner: time kzoo on the workloads of shared/BENCHMARKS.md, one JSON line each.
+
+Usage:
+    python -m benchmarks.run --workload NAME|all [--steps N] [--warmup W]
+        [--jit-compile true|false|both] [--peak-flops F] [--out FILE.jsonl]
+        [--wait-load 0.5 --wait-max 300] [--mm-size 2048]
+
+Each (workload, jit_compile) pair prints ONE JSON line on stdout (progress goes
+to stderr) with the fields of shared/BENCHMARKS.md (`workload`, `framework`,
+`median_s_per_step`, `min_s_per_step`, `items_per_s`, `items_per_s_best`,
+`flops_per_step`, `achieved_flops_per_s`, `pct_of_peak`, `params`, `cpu_util`,
+`loadavg_before`) plus `jit_compile`, versions, the config and the per-step
+times. `--out` also appends the lines to a file. A step is defined as in
+shared/bench/peers.py; every workload is built fresh for each jit setting.
+
+`pct_of_peak` uses `--peak-flops` when given, else the fastest step of a
+`matmul_peak` run earlier in the same invocation (so `--workload all` measures
+its own peak first), else it is null.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+WORKLOAD_MODULES = {
+    "matmul_peak": "benchmarks.matmul_peak",
+    "vq_fwd_bwd": "benchmarks.vq",
+    "vq_fwd_bwd_ste": "benchmarks.vq",
+    "vq_learnable": "benchmarks.vq",
+    "vqmodel_train": "benchmarks.vqmodel_train",
+}
+JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}
+
+
+def log(message):
+    print(f"[kzoo-bench] {message}", file=sys.stderr, flush=True)
+
+
+def _versions():
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    import kzoo
+
+    return {
+        "kzoo": kzoo.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _host():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+    }
+
+
+def run_workload(name, jit_compile, args, peak_flops):
+    """Build, warm up and time one workload; returns the result row (a dict).
+
+    `peak_flops` None on a matmul_peak run: that run's fastest step is its 100%.
+    """
+    from benchmarks import _timing
+
+    module = importlib.import_module(WORKLOAD_MODULES[name])
+    warmup, steps = module.DEFAULTS[name]
+    warmup = args.warmup if args.warmup is not None else warmup
+    steps = args.steps if args.steps is not None else steps
+    if name == "matmul_peak":
+        # The denominator of pct_of_peak costs milliseconds a step: never run it cold
+        # or short (the same floor as peers.py).
+        warmup, steps = max(warmup, 3), max(steps, 20)
+
+    row = {"workload": name, "framework": "kzoo", "jit_compile": jit_compile, "status": "ok"}
+    if args.wait_load is not None:
+        row["quiet_wait"] = _timing.wait_for_low_load(args.wait_load, args.wait_max)
+        log(f"{name}: load wait {row['quiet_wait']}")
+    row["loadavg_before"] = _timing.loadavg()
+    start = time.perf_counter()
+    kwargs = {"mm_size": args.mm_size} if name == "matmul_peak" else {}
+    workload = module.build(name, jit_compile, **kwargs)
+    log(
+        f"{name} (jit_compile={jit_compile}): built in {time.perf_counter() - start:.1f} s; "
+        f"warmup={warmup} steps={steps}"
+    )
+    timing = _timing.time_steps(workload.step, warmup, steps)
+    if name == "matmul_peak" and peak_flops is None:
+        peak_flops = workload.flops_per_step / timing["min_s_per_step"]
+    rates = _timing.rates(timing, workload.items_per_step, workload.flops_per_step, peak_flops)
+    row.update(
+        {
+            "median_s_per_step": timing["median_s_per_step"],
+            "min_s_per_step": timing["min_s_per_step"],
+            "items_per_s": rates["items_per_s"],
+            "items_per_s_best": rates["items_per_s_best"],
+            "flops_per_step": workload.flops_per_step,
+            "achieved_flops_per_s": rates["achieved_flops_per_s"],
+            "achieved_flops_per_s_best": rates["achieved_flops_per_s_best"],
+            "pct_of_peak": rates["pct_of_peak"],
+            "pct_of_peak_best": rates["pct_of_peak_best"],
+            "peak_flops_per_s_used": rates["peak_flops_per_s_used"],
+            "params": workload.params,
+            "non_trainable_elements": workload.non_trainable_elements,
+            "cpu_util": timing["cpu_util"],
+            "others_cpu_per_s": timing["others_cpu_per_s"],
+            "machine_cpu_during_timed": timing["machine_cpu_during_timed"],
+            "items_per_step": workload.items_per_step,
+            "item": workload.item,
+            "warmup_steps": warmup,
+            "timed_steps": steps,
+            "mean_s_per_step": timing["mean_s_per_step"],
+            "p10_s_per_step": timing["p10_s_per_step"],
+            "p90_s_per_step": timing["p90_s_per_step"],
+            "times_s": timing["times_s"],
+            "trace_and_first_step_s": workload.trace_s,
+            "flops_method": workload.flops_method,
+            "flops_by_op": workload.flops_by_op,
+            "notes": workload.notes,
+            "config": workload.config,
+            "versions": _versions(),
+        }
+    )
+    if "vectors_per_step" in workload.extra:
+        row["vectors_per_s"] = workload.extra["vectors_per_step"] / timing["median_s_per_step"]
+    row["workload_wall_s"] = time.perf_counter() - start
+    row["loadavg_after"] = _timing.loadavg()
+    row["host"] = _host()
+    row["unix_time"] = int(time.time())
+    return row
+
+
+REQUIRED_FIELDS = (
+    "workload",
+    "framework",
+    "median_s_per_step",
+    "min_s_per_step",
+    "items_per_s",
+    "items_per_s_best",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "pct_of_peak",
+    "params",
+    "cpu_util",
+    "loadavg_before",
+)
+
+
+def _failed_row(name, jit_compile, error):
+    """A row for a (workload, jit) setting that did not run: required fields null, the error."""
+    from benchmarks import _timing
+
+    row = dict.fromkeys(REQUIRED_FIELDS)
+    message = str(error).strip().splitlines()
+    row.update(
+        {
+            "workload": name,
+            "framework": "kzoo",
+            "jit_compile": jit_compile,
+            "loadavg_before": _timing.loadavg(),
+            "status": "failed",
+            "error": f"{type(error).__name__}: {message[0] if message else ''}",
+            "versions": _versions(),
+            "unix_time": int(time.time()),
+        }
+    )
+    return row
+
+
+def _emit(row, out):
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workload",
+        nargs="+",
+        required=True,
+        help="one or more of: " + ", ".join(WORKLOAD_MODULES) + ", or 'all'",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default: per workload)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps")
+    parser.add_argument(
+        "--jit-compile",
+        choices=sorted(JIT_CHOICES),
+        default="both",
+        help="tf.function(jit_compile=...) setting; 'both' times each (default)",
+    )
+    parser.add_argument("--peak-flops", type=float, default=None, help="FLOP/s taken as 100%%")
+    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--mm-size", type=int, default=2048, help="matmul_peak matrix size n")
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before each workload, wait until the 1-minute load average is below LOAD",
+    )
+    parser.add_argument(
+        "--wait-max", type=float, default=300.0, help="give up waiting for low load after this (s)"
+    )
+    args = parser.parse_args(argv)
+    names = list(WORKLOAD_MODULES) if args.workload == ["all"] else args.workload
+    for name in names:
+        if name not in WORKLOAD_MODULES:
+            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOAD_MODULES)}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1. Received: --steps={args.steps}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0. Received: --warmup={args.warmup}")
+
+    # Entry point, not a library: quiet TF's C++ start-up chatter before it loads.
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    peak = args.peak_flops
+    for name in names:
+        for jit in JIT_CHOICES[args.jit_compile]:
+            try:
+                row = run_workload(name, jit, args, peak)
+            except Exception as error:  # a failing jit setting is a result too
+                row = _failed_row(name, jit, error)
+                _emit(row, args.out)
+                log(f"{name} jit={jit}: FAILED: {row['error']}")
+                continue
+            if args.peak_flops is None and name == "matmul_peak":
+                # The fastest matmul of this invocation is the peak for what follows.
+                peak = max(peak or 0.0, row["achieved_flops_per_s_best"])
+            _emit(row, args.out)
+            log(
+                f"{name} jit={jit}: {row['items_per_s']:.1f} items/s "
+                f"(best {row['items_per_s_best']:.1f}), cpu_util={row['cpu_util']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

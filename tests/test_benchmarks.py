@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import _timing, compare, run
+
+REQUIRED = (
+    "workload",
+    "framework",
+    "median_s_per_step",
+    "min_s_per_step",
+    "items_per_s",
+    "items_per_s_best",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "pct_of_peak",
+    "params",
+    "cpu_util",
+    "loadavg_before",
+    "jit_compile",
+    "versions",
+    "config",
+)
+
+
+def test_runner_prints_one_complete_json_line_per_workload(tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = ["--workload", "matmul_peak", "vq_learnable", "--steps", "1", "--warmup", "0"]
+    run.main([*argv, "--mm-size", "64", "--jit-compile", "false", "--out", str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["workload"] for r in rows] == ["matmul_peak", "vq_learnable"]
+    for row in rows:
+        missing = [k for k in REQUIRED if k not in row]
+        assert not missing, missing
+        assert row["framework"] == "kzoo" and row["jit_compile"] is False
+        assert row["status"] == "ok"
+        assert 0 < row["min_s_per_step"] <= row["median_s_per_step"]
+        assert row["items_per_s_best"] >= row["items_per_s"] > 0
+        assert row["versions"]["tensorflow"] == tf.__version__
+    matmul, vq = rows
+    # matmul_peak never runs short: at least 20 timed steps after 3 warm-up steps.
+    assert matmul["timed_steps"] == 20 and matmul["warmup_steps"] == 3
+    assert matmul["flops_per_step"] == 2 * 64**3
+    # Without --peak-flops, the matmul's fastest step is the 100% for what follows.
+    assert matmul["pct_of_peak_best"] == pytest.approx(100.0)
+    assert vq["peak_flops_per_s_used"] == pytest.approx(matmul["achieved_flops_per_s_best"])
+    assert vq["timed_steps"] == 1 and len(vq["times_s"]) == 1
+    # One (N, D) x (D, K) distance matmul; nothing differentiates through it.
+    assert vq["flops_per_step"] == 2 * (64 * 256) * 512 * 64
+    assert vq["params"] == 512 * 64  # the trainable codebook
+    assert vq["items_per_step"] == 64
+    expected_pct = (
+        100 * vq["flops_per_step"] / vq["median_s_per_step"] / matmul["achieved_flops_per_s_best"]
+    )
+    assert vq["pct_of_peak"] == pytest.approx(expected_pct)
+    # --out holds the same lines.
+    assert [json.loads(x) for x in out.read_text().splitlines()] == rows
+
+
+def test_runner_rejects_unknown_workload():
+    with pytest.raises(SystemExit):
+        run.main(["--workload", "resnet"])
+
+
+def test_failed_setting_row_keeps_every_required_field():
+    row = run._failed_row("vq_fwd_bwd", True, ValueError("Input 1 must be constant.\nmore"))
+    assert set(run.REQUIRED_FIELDS) <= set(row)
+    assert row["status"] == "failed" and row["median_s_per_step"] is None
+    assert row["error"] == "ValueError: Input 1 must be constant."
+
+
+def test_graph_flops_counts_conv_matmul_and_only_the_gradients_that_run():
+    kernel = tf.Variable(tf.random.normal((3, 3, 4, 8)))
+    dense = tf.Variable(tf.random.normal((8, 5)))
+    images = tf.random.normal((2, 6, 6, 4))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            hidden = tf.nn.conv2d(x, kernel, strides=2, padding="SAME")  # (2, 3, 3, 8)
+            logits = tf.matmul(tf.reshape(hidden, (-1, 8)), dense)  # (18, 5)
+            loss = tf.reduce_sum(logits)
+        return loss, tape.gradient(loss, [kernel, dense])
+
+    total, by_op = _timing.graph_flops(step.get_concrete_function(images).graph)
+    conv = 2 * (2 * 3 * 3) * (3 * 3 * 4 * 8)
+    matmul = 2 * 18 * 8 * 5
+    # Forward conv + filter gradient; the input gradient is built by TF's Conv2D
+    # gradient function but never used (x is no variable), so it is not counted.
+    assert by_op["Conv2D"] == conv and by_op["Conv2DBackpropFilter"] == conv
+    assert "Conv2DBackpropInput" not in by_op
+    # Forward matmul, gradient to `dense` and to `hidden` (needed by the conv filter grad).
+    assert by_op["MatMul"] == 3 * matmul
+    assert total == 2 * conv + 3 * matmul
+
+    @tf.function
+    def gradients_only(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.matmul(tf.reshape(x, (-1, 4)), dense[:4]))
+        return tape.gradient(loss, [dense])
+
+    # The loss value is not returned and its gradient needs only shapes: TF never
+    # runs the forward matmul, so only the gradient matmul counts.
+    total, _ = _timing.graph_flops(gradients_only.get_concrete_function(images).graph)
+    assert total == 2 * 72 * 4 * 5
+
+
+def test_time_steps_statistics():
+    calls = []
+    timing = _timing.time_steps(lambda: calls.append(1), warmup=2, steps=5)
+    assert len(calls) == 7 and len(timing["times_s"]) == 5
+    assert timing["min_s_per_step"] <= timing["median_s_per_step"]
+    assert timing["median_s_per_step"] == pytest.approx(np.median(timing["times_s"]), abs=1e-6)
+    with pytest.raises(ValueError, match="steps=0"):
+        _timing.time_steps(lambda: None, warmup=0, steps=0)
+
+
+def _row(workload, framework, median_s, min_s, jit=None, items=64, flops=None):
+    row = {
+        "workload": workload,
+        "median_s_per_step": median_s,
+        "min_s_per_step": min_s,
+        "items_per_step": items,
+        "items_per_s": items / median_s,
+        "flops_per_step": flops,
+        "loadavg_before": "0.10 0.20 0.30 1/100 1",
+        "cpu_util": 1.9,
+        "others_cpu_per_s": 0.01,
+    }
+    if framework == "kzoo":
+        row.update(framework="kzoo", jit_compile=jit, status="ok")
+    else:
+        row["torch_version"] = "2.13.0+cpu"
+    return row
+
+
+def test_compare_table_ratio_of_medians_and_faster_jit():
+    rows = [
+        _row("matmul_peak", "kzoo", 0.04, 0.02, jit=False, items=1, flops=4e9),  # peak 200 GFLOP/s
+        _row("vq_learnable", "kzoo", 0.010, 0.009, jit=False, flops=1e9),
+        _row("vq_learnable", "peer", 0.100, 0.090),
+        _row("vq_learnable", "kzoo", 0.030, 0.008, jit=False, flops=1e9),
+        _row("vq_learnable", "peer", 0.300, 0.080),
+        _row("vq_learnable", "kzoo", 0.050, 0.050, jit=True, flops=1e9),
+        {
+            "workload": "vq_learnable",
+            "framework": "kzoo",
+            "jit_compile": True,
+            "status": "failed",
+            "error": "InvalidArgumentError: not constant",
+            "median_s_per_step": None,
+        },
+    ]
+    table = compare.tables(rows)
+    line = next(x for x in table.splitlines() if x.startswith("| vq_learnable | 3,200"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # kzoo: median of run medians 0.02 s -> 3,200 maps/s; peer 0.2 s -> 320; ratio 10x.
+    assert cells[1].startswith("3,200") and cells[2].startswith("320 ")
+    assert cells[3] == "**10.00x**"
+    assert cells[4] == "8,000" and cells[5] == "800"  # fastest single steps: 0.008 and 0.08 s
+    assert cells[6].startswith("25.0%")  # 1e9 / 0.02 s = 50 GFLOP/s of 200
+    assert cells[8] == "False"
+    assert "100% of peak = 200 GFLOP/s" in table
+    jit_line = next(x for x in table.splitlines() if x.startswith("| vq_learnable | 3,200 | 1,280"))
+    assert jit_line.endswith("| False |")
