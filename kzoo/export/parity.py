@@ -75,6 +75,9 @@ class ParityReference:
     inputs: dict
     outputs: dict
     batch_info: dict
+    # `{variant: {signature: {"max_abs_error": x, "min_index_agreement": y}}}` from
+    # the model's `export_parity_tolerances()`, overriding the per-variant limits.
+    tolerances: dict = dataclasses.field(default_factory=dict)
 
 
 def make_parity_batch(model, parity_batch=None, seed=PARITY_SEED, batch_size=PARITY_BATCH_SIZE):
@@ -228,7 +231,12 @@ def reference_outputs(model, parity_batch=None):
                 f"Received: {type(result).__name__}"
             )
         outputs[signature] = {name: _to_numpy(value) for name, value in result.items()}
-    return ParityReference(inputs=inputs, outputs=outputs, batch_info=batch_info)
+    tolerances = (
+        model.export_parity_tolerances() if hasattr(model, "export_parity_tolerances") else {}
+    )
+    return ParityReference(
+        inputs=inputs, outputs=outputs, batch_info=batch_info, tolerances=tolerances
+    )
 
 
 def _to_numpy(value):
@@ -324,7 +332,9 @@ def check_parity(reference, saved_model_dir=None, litert_files=None):
     if saved_model_dir is not None:
         outputs, checks = saved_model_outputs(saved_model_dir, reference.inputs)
         parity["saved_model_runner"] = checks
-        results["saved_model"] = _compare(reference.outputs, outputs, "saved_model")
+        results["saved_model"] = _compare(
+            reference.outputs, outputs, "saved_model", reference.tolerances
+        )
     for variant, path in (litert_files or {}).items():
         key = f"litert/{variant}"
         if key not in MAX_ABS_ERROR:
@@ -336,7 +346,7 @@ def check_parity(reference, saved_model_dir=None, litert_files=None):
             signature: run_litert(path, signature, named)
             for signature, named in reference.inputs.items()
         }
-        results[key] = _compare(reference.outputs, outputs, key)
+        results[key] = _compare(reference.outputs, outputs, key, reference.tolerances)
     parity["tolerances"] = {
         variant: {
             "max_abs_error": MAX_ABS_ERROR[variant],
@@ -369,10 +379,11 @@ def compute_parity(model, saved_model_dir=None, litert_files=None, parity_batch=
     return check_parity(reference_outputs(model, parity_batch), saved_model_dir, litert_files)
 
 
-def _compare(expected, actual, variant):
+def _compare(expected, actual, variant, tolerances=None):
     results = {}
     for signature, named in expected.items():
         results[signature] = {}
+        override = (tolerances or {}).get(variant, {}).get(signature, {})
         got = actual.get(signature, {})
         for name, ref in named.items():
             entry = {"dtype": ref.dtype.name, "shape": list(ref.shape)}
@@ -385,7 +396,7 @@ def _compare(expected, actual, variant):
                 diff = np.abs(ref.astype(np.float64) - candidate.astype(np.float64))
                 error = float(diff.max()) if diff.size else 0.0
                 mean_error = float(diff.mean()) if diff.size else 0.0
-                limit = MAX_ABS_ERROR[variant]
+                limit = override.get("max_abs_error", MAX_ABS_ERROR[variant])
                 finite = math.isfinite(error)
                 entry.update(
                     max_abs_error=error if finite else None,
@@ -395,7 +406,7 @@ def _compare(expected, actual, variant):
                 )
             else:
                 agreement = float(np.mean(ref == candidate)) if ref.size else 1.0
-                limit = MIN_INDEX_AGREEMENT[variant]
+                limit = override.get("min_index_agreement", MIN_INDEX_AGREEMENT[variant])
                 entry.update(index_agreement=agreement, min_agreement=limit, ok=agreement >= limit)
             results[signature][name] = entry
     return results

@@ -229,6 +229,29 @@ class VQVAE(keras.Model):
             "decode": (lambda indices: {"images": self.decode(indices)}, [index_spec]),
         }
 
+    def export_parity_tolerances(self):
+        """Per-signature parity limits where the export variant's own would mislead.
+
+        A trained codebook has near-tied codes: LiteRT's kernels (float32) and
+        float16 weights flip some of them. A flip between near-identical codes
+        barely changes the image, so for LiteRT `encode` is judged by a lower
+        agreement and `serving_default` by a looser max error, while `decode`
+        (no discrete choice) keeps the strict limit. Measured on the trained
+        `vqvae_shapes` (256 codes, 8 test images; `make demo`): float32 agreement
+        0.9995 with reconstruction max error 0.0098; float16 agreement 0.845 with
+        reconstruction max error 0.028 (mean 0.0019).
+        """
+        return {
+            "litert/float32": {
+                "encode": {"min_index_agreement": 0.995},
+                "serving_default": {"max_abs_error": 0.05},
+            },
+            "litert/float16": {
+                "encode": {"min_index_agreement": 0.75},
+                "serving_default": {"max_abs_error": 0.1},
+            },
+        }
+
     # === Input checks ===
     def _check_images(self, images):
         shape = tuple(images.shape)

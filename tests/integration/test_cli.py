@@ -11,22 +11,9 @@ from PIL import Image
 
 from kzoo.cli import main
 
-TINY = [
-    "--set",
-    "model.image_shape=(16,16,3)",
-    "--set",
-    "model.channels=(8,16)",
-    "--set",
-    "model.norm_groups=4",
-    "--set",
-    "model.codebook_size=16",
-    "--set",
-    "model.embedding_dim=8",
-    "--set",
-    "batch_size=8",
-    "--set",
-    "steps_per_epoch=2",
-]
+from ._tiny import TINY_VQVAE
+
+TINY = TINY_VQVAE
 
 pytestmark = pytest.mark.slow
 

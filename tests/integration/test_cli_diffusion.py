@@ -8,22 +8,18 @@ from PIL import Image
 
 from kzoo.cli import main
 
+from ._tiny import TINY_VQVAE, overrides
+
 pytestmark = pytest.mark.slow
 
-TINY_DIT = [
-    "--set",
+TINY_DIT = overrides(
     "model.denoiser.input_shape=(16,16,3)",
-    "--set",
     "model.denoiser.hidden_size=16",
-    "--set",
     "model.denoiser.depth=1",
-    "--set",
     "model.denoiser.num_heads=2",
-    "--set",
     "batch_size=8",
-    "--set",
     "steps_per_epoch=2",
-]
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +48,6 @@ def test_export_generate_and_denoise(workdir, tmp_path, capsys):
 
 def test_sample_of_an_autoencoder_is_a_clear_error(tmp_path, capsys):
     vq = str(tmp_path / "vq")
-    tiny_vq = [
-        "--set",
-        "model.image_shape=(16,16,3)",
-        "--set",
-        "model.channels=(8,16)",
-        "--set",
-        "model.norm_groups=4",
-        "--set",
-        "model.codebook_size=16",
-        "--set",
-        "model.embedding_dim=8",
-        "--set",
-        "batch_size=8",
-    ]
-    assert main(["train", "vqvae_shapes", "--workdir", vq, "--steps", "1", *tiny_vq]) == 0
+    assert main(["train", "vqvae_shapes", "--workdir", vq, "--steps", "1", *TINY_VQVAE]) == 0
     assert main(["sample", vq, "--out", str(tmp_path / "x.png")]) == 2
     assert "does not generate images" in capsys.readouterr().err

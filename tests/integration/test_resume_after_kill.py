@@ -14,28 +14,11 @@ import pytest
 from kzoo.cli import main
 from kzoo.training import load_trained_model
 
+from ._tiny import TINY_VQVAE
+
 pytestmark = pytest.mark.slow
 
-ARGS = [
-    "train",
-    "vqvae_shapes",
-    "--steps",
-    "12",
-    "--set",
-    "model.image_shape=(16,16,3)",
-    "--set",
-    "model.channels=(8,16)",
-    "--set",
-    "model.norm_groups=4",
-    "--set",
-    "model.codebook_size=16",
-    "--set",
-    "model.embedding_dim=8",
-    "--set",
-    "batch_size=8",
-    "--set",
-    "steps_per_epoch=2",
-]
+ARGS = ["train", "vqvae_shapes", "--steps", "12", *TINY_VQVAE]
 
 
 def _epoch(workdir):
