@@ -28,3 +28,20 @@ __all__ = [
 from kzoo.layers.quantizers import FSQ, LFQ, GroupedVQ, ResidualVQ  # noqa: E402
 
 __all__ += ["FSQ", "GroupedVQ", "LFQ", "ResidualVQ"]
+
+from kzoo.layers.conditioning import ConcatFusion, CrossAttention, FiLM, GatedFusion  # noqa: E402
+from kzoo.layers.transformer import (  # noqa: E402
+    MultiHeadAttention,
+    PositionEmbedding,
+    TransformerBlock,
+)
+
+__all__ += [
+    "ConcatFusion",
+    "CrossAttention",
+    "FiLM",
+    "GatedFusion",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "TransformerBlock",
+]

@@ -180,3 +180,262 @@ class AdaLNFinalLayer(keras.layers.Layer):
         config = super().get_config()
         config.update({"output_dim": self.output_dim})
         return config
+
+
+# --- Cross-modal fusion: cross-attention, FiLM, concatenation, gated cross-attention ---
+#
+# - Cross-attention: Vaswani et al. 2017 (https://arxiv.org/abs/1706.03762, Sec. 3.2.3),
+#   as text conditioning in latent diffusion (Rombach et al. 2022,
+#   https://arxiv.org/abs/2112.10752, Sec. 3.3).
+# - FiLM: Perez et al. 2018, https://arxiv.org/abs/1709.07871 (Eq. 1-2).
+# - Gated cross-attention: Flamingo's GATED XATTN-DENSE (Alayrac et al. 2022,
+#   https://arxiv.org/abs/2204.14198, Sec. 2.2, Fig. 4): tanh gates initialised at 0
+#   so a new fusion layer starts as the identity.
+# Masks follow `kzoo.layers.transformer`: `(B, T_k)`, True / nonzero = a real token;
+# padded keys never influence an output, and a query whose keys are all padding
+# receives zero attention.
+
+from kzoo.layers.transformer import MultiHeadAttention, _check_rate  # noqa: E402
+
+
+def _broadcast_vector(vector, like):
+    """`(B, E)` -> `(B, 1, ..., 1, E)` with the rank of `like` (tokens or maps)."""
+    for _ in range(len(like.shape) - 2):
+        vector = ops.expand_dims(vector, 1)
+    return vector
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class CrossAttention(keras.layers.Layer):
+    """Residual pre-LN cross-attention: `x + Attn(LN(x), context)` with a context padding mask.
+
+    Queries come from one modality (`x`: tokens `(B, N, D)`, or an NHWC feature map,
+    attended per position), keys and values from the other (`context` `(B, T, E)`).
+
+    Args:
+        num_heads: attention heads.
+        key_dim: per-head width; default `D // num_heads`.
+        dropout: dropout rate on the attention weights.
+        layer_norm_epsilon: epsilon of the query LayerNorm.
+        **kwargs: base layer arguments.
+
+    `call(x, context, context_mask=None, training=None)`: returns the shape of `x`.
+
+    Example:
+    ```python
+    layer = kzoo.layers.CrossAttention(num_heads=4)
+    image_tokens = layer(image_tokens, text["sequence"], context_mask=token_ids != 0)
+    ```
+    """
+
+    def __init__(self, num_heads, key_dim=None, dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int(num_heads, "num_heads")
+        if key_dim is not None:
+            _check_positive_int(key_dim, "key_dim")
+        _check_rate(dropout, "dropout")
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
+        )
+        self.attention = MultiHeadAttention(
+            num_heads, key_dim=key_dim, dropout=dropout, dtype=self.dtype_policy, name="attention"
+        )
+
+    def build(self, x_shape, context_shape=None, context_mask_shape=None):
+        width = x_shape[-1]
+        self.norm.build((None, None, width))
+        self.attention.build((None, None, width), (None, None, context_shape[-1]))
+
+    def call(self, x, context, context_mask=None, training=None):
+        shape = ops.shape(x)
+        tokens = ops.reshape(x, (shape[0], -1, shape[-1]))  # (B, N, D), maps flattened
+        attended = self.attention(
+            self.norm(tokens), context, key_padding_mask=context_mask, training=training
+        )
+        return x + ops.reshape(attended, shape)
+
+    def compute_output_shape(self, x_shape, *args, **kwargs):
+        return x_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "dropout": self.dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class FiLM(keras.layers.Layer):
+    """Feature-wise linear modulation: `x * (1 + gamma(c)) + beta(c)`.
+
+    `gamma` and `beta` come from one linear layer on the conditioning vector,
+    initialised to zero, so a new FiLM layer is the identity (the `1 +` keeps the
+    scale centred on 1, as DiT's `modulate`).
+
+    Args:
+        **kwargs: base layer arguments.
+
+    `call(x, conditioning)`: `x` `(B, ..., C)` (tokens or NHWC maps),
+    `conditioning` `(B, E)`; returns the shape of `x`.
+
+    Example:
+    ```python
+    feature_map = kzoo.layers.FiLM()(feature_map, text["pooled"])  # (B, H, W, C)
+    ```
+    """
+
+    def build(self, x_shape, conditioning_shape=None):
+        self.modulation = keras.layers.Dense(
+            2 * x_shape[-1], kernel_initializer="zeros", dtype=self.dtype_policy, name="modulation"
+        )
+        self.modulation.build(conditioning_shape)
+
+    def call(self, x, conditioning):
+        scale, shift = ops.split(self.modulation(conditioning), 2, axis=-1)
+        return x * (1.0 + _broadcast_vector(scale, x)) + _broadcast_vector(shift, x)
+
+    def compute_output_shape(self, x_shape, conditioning_shape=None):
+        return x_shape
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class ConcatFusion(keras.layers.Layer):
+    """Concatenates a conditioning vector to every position, then projects: `W [x; c] + b`.
+
+    Args:
+        output_dim: output width; default the width of `x`.
+        **kwargs: base layer arguments.
+
+    `call(x, conditioning)`: `x` `(B, ..., C)`, `conditioning` `(B, E)`
+    (broadcast over the positions of `x`) or `(B, ..., E)` with the positions of
+    `x`; returns `(B, ..., output_dim)`.
+
+    Example:
+    ```python
+    fused = kzoo.layers.ConcatFusion()(image_tokens, text["pooled"])  # (B, N, D)
+    ```
+    """
+
+    def __init__(self, output_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if output_dim is not None:
+            _check_positive_int(output_dim, "output_dim")
+        self.output_dim = output_dim
+
+    def build(self, x_shape, conditioning_shape=None):
+        width = x_shape[-1] + conditioning_shape[-1]
+        self.projection = keras.layers.Dense(
+            self.output_dim or x_shape[-1], dtype=self.dtype_policy, name="projection"
+        )
+        self.projection.build((None, width))
+
+    def call(self, x, conditioning):
+        if len(conditioning.shape) == 2 and len(x.shape) > 2:
+            target = (*ops.shape(x)[:-1], ops.shape(conditioning)[-1])
+            conditioning = ops.broadcast_to(_broadcast_vector(conditioning, x), target)
+        return self.projection(ops.concatenate([x, ops.cast(conditioning, x.dtype)], axis=-1))
+
+    def compute_output_shape(self, x_shape, conditioning_shape=None):
+        return (*x_shape[:-1], self.output_dim or x_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"output_dim": self.output_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class GatedFusion(keras.layers.Layer):
+    """Flamingo's gated cross-attention block, identity at initialisation.
+
+    ```
+    x = x + tanh(alpha_attn) * CrossAttn(LN(x), context)
+    x = x + tanh(alpha_mlp) * MLP(LN(x))
+    ```
+    with scalar gates `alpha` initialised at 0 (Alayrac et al. 2022, Sec. 2.2), so
+    inserting the block leaves a pretrained stream unchanged until the gates open.
+
+    Args:
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of the width of `x`.
+        dropout: dropout rate on the attention weights.
+        layer_norm_epsilon: LayerNorm epsilon.
+        **kwargs: base layer arguments.
+
+    `call(x, context, context_mask=None, training=None)`: `x` `(B, N, D)`,
+    `context` `(B, T, E)`, `context_mask` `(B, T)`; returns `(B, N, D)`.
+
+    Example:
+    ```python
+    layer = kzoo.layers.GatedFusion(num_heads=4)
+    text_tokens = layer(text_tokens, image["sequence"])  # == text_tokens at init
+    ```
+    """
+
+    def __init__(self, num_heads, mlp_ratio=4.0, dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int(num_heads, "num_heads")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or mlp_ratio <= 0:
+            raise ValueError(f"`mlp_ratio` must be positive. Received: mlp_ratio={mlp_ratio!r}")
+        _check_rate(dropout, "dropout")
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.dropout = dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="attention_norm"
+        )
+        self.attention = MultiHeadAttention(
+            num_heads, dropout=dropout, dtype=policy, name="attention"
+        )
+        self.mlp_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="mlp_norm"
+        )
+
+    def build(self, x_shape, context_shape=None, context_mask_shape=None):
+        width = x_shape[-1]
+        self.attention_norm.build((None, None, width))
+        self.attention.build((None, None, width), (None, None, context_shape[-1]))
+        self.mlp_norm.build((None, None, width))
+        self.mlp_in = keras.layers.Dense(
+            int(width * self.mlp_ratio), activation="gelu", dtype=self.dtype_policy, name="mlp_in"
+        )
+        self.mlp_in.build((None, None, width))
+        self.mlp_out = keras.layers.Dense(width, dtype=self.dtype_policy, name="mlp_out")
+        self.mlp_out.build((None, None, self.mlp_in.units))
+        self.attention_gate = self.add_weight(name="attention_gate", shape=(), initializer="zeros")
+        self.mlp_gate = self.add_weight(name="mlp_gate", shape=(), initializer="zeros")
+
+    def call(self, x, context, context_mask=None, training=None):
+        attended = self.attention(
+            self.attention_norm(x), context, key_padding_mask=context_mask, training=training
+        )
+        x = x + ops.cast(ops.tanh(self.attention_gate), x.dtype) * attended
+        hidden = self.mlp_out(self.mlp_in(self.mlp_norm(x)))
+        return x + ops.cast(ops.tanh(self.mlp_gate), x.dtype) * hidden
+
+    def compute_output_shape(self, x_shape, *args, **kwargs):
+        return x_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio,
+                "dropout": self.dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -6,6 +6,12 @@ from kzoo.models.vqvae import VQVAE
 
 __all__ = ["VQVAE", "UNet", "DiT", "DIT_SIZES"]
 
+from kzoo.models.dual_encoder import DualEncoder  # noqa: E402
+from kzoo.models.image_encoder import ImageEncoder  # noqa: E402
+from kzoo.models.text_encoder import TextEncoder  # noqa: E402
+
+__all__ += ["DualEncoder", "ImageEncoder", "TextEncoder"]
+
 from kzoo.models.perceptual import (  # noqa: E402
     ShapesPerceptual,
     load_or_train_shapes_perceptual,
