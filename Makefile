@@ -30,11 +30,15 @@ format: install
 	$(BIN)/ruff format kzoo recipes tests benchmarks
 	$(BIN)/ruff check --fix kzoo recipes tests benchmarks
 
+# Two processes (one per core): tracing is single-threaded Python, so two files
+# trace at once; --dist loadfile keeps each file's module fixtures in one worker.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks.run --workload all
