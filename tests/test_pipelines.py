@@ -64,7 +64,8 @@ def test_kzoo_shapes_renders_natively_at_image_size(image_size):
 
 def test_batching_repeat_and_drop_remainder():
     sizes = [len(b) for b in _batches(load("kzoo_shapes", batch_size=32, num_examples=100))]
-    assert sizes == [32, 32, 32, 4]
+    # Without deterministic=True the parallel map may yield the short batch early.
+    assert sorted(sizes, reverse=True) == [32, 32, 32, 4]
     kwargs = dict(batch_size=32, num_examples=100, drop_remainder=True)
     assert [len(b) for b in _batches(load("kzoo_shapes", **kwargs))] == [32, 32, 32]
     repeated = load("kzoo_shapes", batch_size=32, num_examples=50, repeat=True)
