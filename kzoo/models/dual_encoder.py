@@ -70,7 +70,9 @@ def recall_at_k(logits, positives, k):
     return ops.mean(ops.cast(rank < k, "float32"))
 
 
-def contrastive_loss(logits, positives, negative_logits=None, negative_positives=None):
+def contrastive_loss(
+    logits, positives, negative_logits=None, negative_positives=None, image_targets=None
+):
     """Symmetric InfoNCE (CLIP Fig. 3), with every positive of a row sharing its target mass.
 
     Args:
@@ -80,6 +82,10 @@ def contrastive_loss(logits, positives, negative_logits=None, negative_positives
             (hard negative) texts, added to the image->text softmax only.
         negative_positives: `(B, N)` bool, the extra texts that are in fact true of
             an image; required with `negative_logits`.
+        image_targets: optional `(B, B)` bool, the texts each image should pick
+            (a subset of `positives`; default `positives`). Positives outside it are
+            left out of that image's softmax: true of the image, but not its own
+            description (a shortened caption of another image, under word dropout).
 
     Returns:
         A float32 scalar: the mean of the image->text and text->image losses.
@@ -89,6 +95,10 @@ def contrastive_loss(logits, positives, negative_logits=None, negative_positives
     text_targets = ops.transpose(targets)
     text_targets = text_targets / ops.maximum(ops.sum(text_targets, axis=1, keepdims=True), 1.0)
     text_logits = ops.transpose(logits)
+    if image_targets is not None:
+        ignored = ops.logical_and(positives, ops.logical_not(image_targets))
+        logits = ops.where(ignored, -1e9, logits)
+        targets = ops.cast(image_targets, "float32")
     if negative_logits is not None:
         logits = ops.concatenate([logits, ops.cast(negative_logits, "float32")], axis=1)
         targets = ops.concatenate([targets, ops.cast(negative_positives, "float32")], axis=1)
@@ -395,7 +405,13 @@ class DualEncoder(keras.Model):
         if "negative_logits" in y_pred:
             negative_logits = y_pred["negative_logits"]
             negative_positives = identical_rows(y_pred["caption_ids"], y_pred["negative_ids"])
-        loss = contrastive_loss(y_pred["logits"], positives, negative_logits, negative_positives)
+        # An image's own texts: those cut from a caption identical to its own.
+        image_targets = ops.logical_and(
+            positives, identical_rows(y_pred["caption_ids"], y_pred["caption_ids"])
+        )
+        loss = contrastive_loss(
+            y_pred["logits"], positives, negative_logits, negative_positives, image_targets
+        )
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
         return loss
@@ -566,7 +582,8 @@ class DualEncoder(keras.Model):
                 "",
                 "A LARGE cyan ring, at the center on a gray background!",
                 " ".join(["a large white square"] * 10),
-            ]
+            ],
+            dtype=np.bytes_,  # bytes load without pickling in the parity runner
         )
         images = np.random.default_rng(0).uniform(-1, 1, (4, *self.image_shape)).astype("float32")
         return {"encode_text": {"text": text}, "similarity": {"images": images, "text": text}}
