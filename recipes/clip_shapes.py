@@ -1,10 +1,31 @@
-"""CLIP dual encoder (ViT + text transformer) on kzoo_shapes captions, a few minutes on 2 CPU cores.
+"""CLIP dual encoder (conv-stem ViT, text transformer) on kzoo_shapes captions, ~10 min on 2 cores.
 
 Run:
     kzoo train clip_shapes --workdir runs/clip_shapes
     python -m recipes.clip_shapes runs/clip_shapes     # test-split zero-shot and recall (JSON)
 
-Result: RESULT_CLIP_SHAPES
+Result (1,500 steps of 128, seed 0; 713 s on 2 CPU cores shared with another run;
+test split, 1,000 examples; identical captions count as matches):
+
+| metric                                           | value | chance |
+|--------------------------------------------------|-------|--------|
+| image->text / text->image recall@1, all 1,000     | 0.752 / 0.751 | 0.001 |
+| image->text / text->image recall@5, all 1,000     | 0.992 / 0.999 | 0.005 |
+| image->text / text->image recall@1, batches of 100 | 0.964 / 0.962 | 0.01 |
+| zero-shot colour, prompt "a {}"                   | 0.650 | 0.125 |
+| zero-shot shape, prompt "a {}"                    | 0.281 | 0.167 |
+
+The issue's goal of >= 95% zero-shot shape accuracy is NOT reached. Measured
+cause: the image embedding barely encodes shape (a nearest-class-mean probe on the
+test embeddings: shape 0.32, position 0.88, background 0.96, colour 0.89). Inside
+a batch, colour, position, size and background already make almost every caption
+unique, so the contrastive loss asks little of shape, and shape is the slowest
+attribute to learn even with direct labels (a supervised shape classifier with
+this image tower reaches 0.81 test accuracy after 500 steps). What helped: the
+conv stem (shape probe of supervised training 0.54 -> 0.81 in 500 steps) and
+hard negatives (all-caption recall@1 0.70 -> 0.75). `--set model.word_dropout=0.5`
+trains on shortened captions too: zero-shot colour 0.98 and shape 0.36, but
+all-caption recall@1 falls to 0.15 (run of the same length).
 
 The whole model is data: the tokenizer is built inside the model from the
 kzoo_shapes vocabulary (`{"vocabulary": "kzoo_shapes"}`), and the encoders'
@@ -36,9 +57,11 @@ def get_config():
                 "hidden_dim": 64,
                 "num_layers": 2,
                 "num_heads": 4,
+                "stem": "conv",
             },
             "embedding_dim": 64,
-            "word_dropout": 0.8,
+            "hard_negatives": True,
+            "word_dropout": 0.0,
         },
         "dataset": "kzoo_shapes",
         "outputs": ("image", "caption"),
