@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One benchmark sitting, as shared/BENCHMARKS.md asks: per workload, kzoo and the
+# PyTorch peer alternate (kzoo, peer, kzoo, peer), all lines go to one file, and
+# the matmul peak measured first is 100% of pct_of_peak on both sides.
+#
+#   benchmarks/sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]
+#
+# PEER_PYTHON is a Python with torch==2.13.0, diffusers and vector-quantize-pytorch
+# (a venv outside the repo). kzoo runs with the jit_compile setting chosen per
+# workload by measurement (JIT below); one extra kzoo run with the other setting
+# fills the jit table. Run it on an otherwise idle machine; every line records
+# the load it saw. Summarise with: python -m benchmarks.compare OUT.jsonl
+set -euo pipefail
+
+out=${1:?usage: sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]}
+peer_python=${2:?usage: sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]}
+shift 2
+workloads=("$@")
+if [ ${#workloads[@]} -eq 0 ]; then
+  workloads=(vq_fwd_bwd vq_fwd_bwd_ste vq_learnable vqmodel_train unet_train unet_sample dit_train)
+fi
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+kzoo_python=${KZOO_PYTHON:-$here/.venv/bin/python}
+peers=${PEERS_PY:-$here/../shared/bench/peers.py}
+
+# jit_compile per workload, chosen by measurement (benchmarks/README.md).
+declare -A JIT=(
+  [vq_fwd_bwd]=false [vq_fwd_bwd_ste]=false [vq_learnable]=false
+  [vqmodel_train]=false [unet_train]=false [unet_sample]=false [dit_train]=false
+)
+other() { [ "$1" = true ] && echo false || echo true; }
+
+kzoo() { (cd "$here" && "$kzoo_python" -m benchmarks.run --out "$out" "$@" >/dev/null); }
+peer() { "$peer_python" "$peers" --json "$@" >>"$out"; }
+
+kzoo --workload matmul_peak --jit-compile true
+peak=$("$kzoo_python" - "$out" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(max(r["achieved_flops_per_s_best"] for r in rows
+          if r["workload"] == "matmul_peak" and r.get("framework") == "kzoo" and r["status"] == "ok"))
+EOF
+)
+echo "peak: $peak FLOP/s" >&2
+peer --workload matmul_peak --peak-flops "$peak"
+
+for name in "${workloads[@]}"; do
+  jit=${JIT[$name]:-false}
+  for round in 1 2; do
+    echo "$name round $round" >&2
+    kzoo --workload "$name" --jit-compile "$jit" --peak-flops "$peak"
+    peer --workload "$name" --peak-flops "$peak"
+  done
+  kzoo --workload "$name" --jit-compile "$(other "$jit")" --peak-flops "$peak"
+done
