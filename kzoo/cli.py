@@ -65,12 +65,21 @@ def _parser():
     p = sub.add_parser("sample", help="write a grid of generated images as PNG")
     p.add_argument("workdir")
     p.add_argument("--out", required=True, help="PNG path")
-    p.add_argument("--num", type=int, default=8, help="images (one per class in turn)")
+    p.add_argument(
+        "--num", type=int, default=8, help="images (one per class, or per caption, in turn)"
+    )
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument("--steps", type=int, default=50, help="sampler steps (diffusion)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
     p.add_argument("--temperature", type=float, default=1.0, help="code prior sampling")
     p.add_argument("--top-k", type=int, help="code prior sampling")
+    p.add_argument(
+        "--caption",
+        dest="captions",
+        action="append",
+        metavar="TEXT",
+        help="a caption for a caption-conditional code prior (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_sample)
 
@@ -214,8 +223,13 @@ def sample(
     seed=0,
     temperature=1.0,
     top_k=None,
+    captions=None,
 ):
-    """Generate `num` images from a trained diffusion model or code prior into a PNG grid."""
+    """Generate `num` images from a trained diffusion model or code prior into a PNG grid.
+
+    A caption-conditional code prior needs `captions` (cycled over the `num` images);
+    any other model refuses them.
+    """
     import numpy as np
 
     from kzoo.data.images import make_grid, save_png
@@ -226,15 +240,36 @@ def sample(
     config = _workdir_config(workdir)
     model = load_trained_model(workdir)
     num_classes = getattr(model, "num_classes", None)
+    captioned = getattr(model, "caption_vocabulary", None) is not None
+    if captions and not captioned:
+        kind = (
+            f"class-conditional (num_classes={num_classes}): sample it without --caption"
+            if num_classes
+            else "not caption-conditional"
+        )
+        raise ValueError(
+            f"--caption needs a caption-conditional code prior; the workdir's "
+            f"{type(model).__name__} is {kind}. Received: --caption {captions[0]!r}"
+        )
+    if captioned and not captions:
+        raise ValueError(
+            "The workdir's code prior is caption-conditional: pass --caption TEXT (repeatable). "
+            "Received: no --caption"
+        )
     labels = None if not num_classes else np.arange(num) % num_classes
     if hasattr(model, "next_token_logits"):  # a code prior: decode through its VQ tokenizer
         from kzoo.models import Generator
 
         tokenizer = load_trained_model(config["vq_workdir"])
         generator = Generator(model, tokenizer, temperature=temperature, top_k=top_k)
-        images = generator.generate(
-            labels=labels, num_samples=None if num_classes else num, seed=seed
-        )
+        if captioned:
+            images = generator.generate(
+                captions=[captions[i % len(captions)] for i in range(num)], seed=seed
+            )
+        else:
+            images = generator.generate(
+                labels=labels, num_samples=None if num_classes else num, seed=seed
+            )
     elif hasattr(model, "generate"):
         images = model.generate(
             num_images=None if num_classes else num,
@@ -263,6 +298,7 @@ def _cmd_sample(args):
         seed=args.seed,
         temperature=args.temperature,
         top_k=args.top_k,
+        captions=args.captions,
     )
     print(f"Wrote {path}")
 

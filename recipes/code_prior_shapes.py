@@ -52,7 +52,11 @@ def get_config():
 
 
 def encode_dataset(config, tokenizer):
-    """`(codes (N, h, w), labels (N,))` of the training split, encoded by `tokenizer`."""
+    """`(codes (N, h, w), labels (N,))` of the training split, encoded by `tokenizer`.
+
+    `labels` is the feature `config["label"]` names (class ids, or caption strings),
+    or None when it names none.
+    """
     import kzoo.data
 
     height, width = tokenizer.image_shape[:2]
@@ -82,7 +86,8 @@ def build_code_dataset(config, prior, skip_batches=0, tokenizer=None):
         tokenizer: the VQ model; default the trained model of `config["vq_workdir"]`.
 
     Returns:
-        A `tf.data.Dataset` of int32 `(tokens, targets)`, each `(batch_size, h*w)`.
+        A `tf.data.Dataset` of int32 `(tokens, targets)`: `(batch_size, h*w)` each, or
+        `(batch_size, max_caption_length + h*w)` tokens for a caption prior.
     """
     import tensorflow as tf
 
@@ -106,9 +111,11 @@ def build_code_dataset(config, prior, skip_batches=0, tokenizer=None):
             f"{tokenizer.codebook_size}, latent grid {tuple(tokenizer.latent_shape[:2])}"
         )
     codes, labels = encode_dataset(config, tokenizer)
-    if prior.num_classes is None:
-        labels = None
-    tokens, targets = prior.prepare_inputs(codes, labels)
+    if getattr(prior, "caption_vocabulary", None) is not None:
+        # A caption prior (`caption_prior_shapes`): `labels` holds each image's caption.
+        tokens, targets = prior.prepare_inputs(codes, captions=labels)
+    else:
+        tokens, targets = prior.prepare_inputs(codes, None if prior.num_classes is None else labels)
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(tokens), np.asarray(targets)))
     dataset = (
         dataset.shuffle(len(codes), seed=config["seed"], reshuffle_each_iteration=True)

@@ -4,12 +4,23 @@ The second stage of VQ-VAE-2 / VQGAN (Esser et al. 2021,
 https://arxiv.org/abs/2012.09841, Sec. 3.2, Eq. 8-9): a decoder-only (GPT-style,
 Radford et al. 2019) transformer models `p(s) = prod_i p(s_i | s_<i, c)` over the
 raster-order flattened code grid `s`, conditioned on a class `c` by a start token
-per class. Sampling uses temperature and top-k (Fan et al. 2018,
+per class, or on a caption as in DALL-E (Ramesh et al. 2021,
+https://arxiv.org/abs/2102.12092, Sec. 2.2): the caption's tokens are a prefix of
+the same sequence, in the same transformer, and the loss covers the codes only.
+Sampling uses temperature and top-k (Fan et al. 2018,
 https://arxiv.org/abs/1805.04833) in a bounded `keras.ops.fori_loop`, so the whole
 sampler exports as one graph.
 
 Token ids: codes are `[0, codebook_size)`; start tokens follow, one (`codebook_size`)
-for an unconditional prior or `codebook_size + label` for a class-conditional one.
+for an unconditional or caption-conditional prior or `codebook_size + label` for a
+class-conditional one. A caption prior's words follow its start token: caption token
+`t` (a `kzoo.data.tokenizer.Tokenizer` id, `[PAD]` = 0) is `codebook_size + 1 + t`.
+
+Sequences: `[start, codes[:-1]]` (length `h*w`), or for a caption prior
+`[caption (max_caption_length ids, [PAD]-padded), start, codes[:-1]]`; the model
+returns logits for the code positions only. Caption `[PAD]`s are masked out of
+attention as keys, so no position sees them and their own outputs are discarded: the
+`[PAD]` embedding never reaches a code's logits.
 """
 
 import keras
@@ -19,6 +30,18 @@ from keras import ops
 from kzoo.layers import PositionEmbedding, TransformerBlock
 
 _MASKED_LOGIT = -1e9
+
+
+def _is_strings(captions):
+    """Captions given as text: Python strings, a NumPy string array or a `tf.string` tensor."""
+    if isinstance(captions, str | bytes):
+        return True  # the tokenizer rejects a bare string with a clear message
+    if isinstance(captions, list | tuple):
+        return any(isinstance(c, str | bytes) for c in captions)
+    if isinstance(captions, np.ndarray):
+        return captions.dtype.kind in "OUS"
+    dtype = getattr(captions, "dtype", None)
+    return dtype is not None and keras.backend.standardize_dtype(dtype) == "string"
 
 
 def _check_positive_int(value, name):
@@ -94,12 +117,24 @@ def sample_logits(logits, seed, temperature=1.0, top_k=None):
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class CodePrior(keras.Model):
-    """Decoder-only transformer prior over flattened VQ code grids, unconditional or per class.
+    """Decoder-only transformer prior over flattened VQ code grids: unconditional, class or caption.
 
-    `model(tokens)` maps int tokens `(B, L)` (a start token, then codes) to float32
-    next-code logits `(B, L, codebook_size)`. Train with `fit` on
-    `prepare_inputs(codes, labels)` (next-token cross-entropy is the default
-    `compile` loss); sample with `sample`. Caption conditioning is not implemented.
+    `model(tokens)` maps int tokens `(B, T)` (the prefix of `prefix_tokens`, width
+    `P`: the caption's tokens, if any, then a start token; then codes) to float32
+    next-code logits `(B, T - P + 1, codebook_size)` at the start token and the codes
+    only, never at caption tokens. Train with `fit` on `prepare_inputs(codes,
+    labels)` or `prepare_inputs(codes, captions=...)`: tokens `(B, P - 1 + h*w)`,
+    targets the codes `(B, h*w)`, so the loss (next-token cross-entropy, the default
+    `compile` loss) covers code positions only; sample with `sample`.
+
+    Caption priors (`caption_vocabulary`): captions are strings, tokenized in the
+    graph by a `kzoo.data.tokenizer.Tokenizer` this model holds (so a SavedModel
+    endpoint takes `tf.string`), or int32 token ids `(B, max_caption_length)` of
+    that tokenizer (what LiteRT takes: it has no string ops). A caption with more
+    than `max_caption_length` words is truncated to its first words; unknown words
+    become `[UNK]`; an empty caption is all `[PAD]` and leaves only the start token
+    to condition on. The tokenizer makes `fit` fall back to `jit_compile=False`,
+    with a Keras warning (Keras cannot XLA-compile a model holding string ops).
 
     Args:
         codebook_size: number of codes `K` of the VQ tokenizer.
@@ -110,6 +145,11 @@ class CodePrior(keras.Model):
         num_classes: None (unconditional) or the number of class labels.
         mlp_dim: MLP width; default `4 * hidden_dim`.
         dropout: dropout of the transformer blocks.
+        caption_vocabulary: None, or the caption words (a list, or `"kzoo_shapes"`
+            for `kzoo.data.tokenizer.shapes_vocabulary()`) of a caption-conditional
+            prior. Excludes `num_classes`. Saved resolved (as the word list).
+        max_caption_length: caption tokens in the prefix (caption priors only);
+            default 16.
         **kwargs: base `keras.Model` arguments.
 
     Example:
@@ -118,6 +158,10 @@ class CodePrior(keras.Model):
     prior.compile(optimizer=keras.optimizers.AdamW(3e-4))
     prior.fit(*prior.prepare_inputs(vqgan.encode(images), labels), epochs=10)
     codes = prior.sample(labels=[0, 1, 2], temperature=1.0, top_k=32, seed=0)  # (3, 8, 8)
+
+    captioned = kzoo.models.CodePrior(256, (8, 8), caption_vocabulary="kzoo_shapes")
+    captioned.fit(*captioned.prepare_inputs(codes, captions=captions), epochs=10)
+    captioned.sample(captions=["a large red circle at the center on a blue background"])
     ```
     """
 
@@ -131,6 +175,8 @@ class CodePrior(keras.Model):
         num_classes=None,
         mlp_dim=None,
         dropout=0.0,
+        caption_vocabulary=None,
+        max_caption_length=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "code_prior")
@@ -155,6 +201,33 @@ class CodePrior(keras.Model):
             )
         if num_classes is not None:
             _check_positive_int(num_classes, "num_classes")
+        captioned = caption_vocabulary is not None
+        if num_classes is not None and (captioned or max_caption_length is not None):
+            raise ValueError(
+                "`num_classes` and the caption options (`caption_vocabulary`, "
+                "`max_caption_length`) are mutually exclusive: a prior is class- or "
+                f"caption-conditional. Received: num_classes={num_classes!r}, "
+                f"caption_vocabulary={_summarize(caption_vocabulary)}, "
+                f"max_caption_length={max_caption_length!r}"
+            )
+        if not captioned and max_caption_length is not None:
+            raise ValueError(
+                "`max_caption_length` applies to a caption-conditional prior; pass "
+                "`caption_vocabulary` too. Received: caption_vocabulary=None, "
+                f"max_caption_length={max_caption_length!r}"
+            )
+        self.caption_tokenizer = None
+        if captioned:
+            max_caption_length = 16 if max_caption_length is None else max_caption_length
+            _check_positive_int(max_caption_length, "max_caption_length")
+            # Imported on use: the tokenizer needs TensorFlow (tf.strings), which
+            # `kzoo.models` does not import at module load.
+            from kzoo.data.tokenizer import Tokenizer
+
+            self.caption_tokenizer = Tokenizer(
+                caption_vocabulary, sequence_length=max_caption_length, name="caption_tokenizer"
+            )
+            caption_vocabulary = list(self.caption_tokenizer.vocabulary)
         self.codebook_size = codebook_size
         self.grid_shape = tuple(grid_shape)
         self.hidden_dim = hidden_dim
@@ -163,9 +236,19 @@ class CodePrior(keras.Model):
         self.num_classes = num_classes
         self.mlp_dim = mlp_dim
         self.dropout = dropout
+        self.caption_vocabulary = caption_vocabulary
+        self.max_caption_length = max_caption_length
         self.sequence_length = grid_shape[0] * grid_shape[1]
+        # Caption tokens before the start token (0 without captions), and the model's
+        # longest input: that prefix, the start token and all codes but the last.
+        self.context_length = max_caption_length or 0
+        self.input_length = self.context_length + self.sequence_length
         self.num_start_tokens = num_classes or 1
-        self.vocabulary_size = codebook_size + self.num_start_tokens
+        # Id of caption token 0 (`[PAD]`); caption token t is `caption_token_offset + t`.
+        self.caption_token_offset = codebook_size + self.num_start_tokens
+        self.vocabulary_size = self.caption_token_offset + (
+            self.caption_tokenizer.vocabulary_size if captioned else 0
+        )
 
         # === Layers ===
         self.token_embedding = keras.layers.Embedding(
@@ -174,7 +257,7 @@ class CodePrior(keras.Model):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
             name="token_embedding",
         )
-        self.position_embedding = PositionEmbedding(self.sequence_length, name="position_embedding")
+        self.position_embedding = PositionEmbedding(self.input_length, name="position_embedding")
         self.blocks = [
             TransformerBlock(
                 hidden_dim,
@@ -188,10 +271,10 @@ class CodePrior(keras.Model):
         ]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
         self.head = keras.layers.Dense(codebook_size, dtype="float32", name="logits")
-        self.build((None, self.sequence_length))
+        self.build((None, self.input_length))
 
     def build(self, input_shape):
-        token_shape = (None, self.sequence_length)
+        token_shape = (None, self.input_length)
         self.token_embedding.build(token_shape)
         self.position_embedding.build((*token_shape, self.hidden_dim))
         for block in self.blocks:
@@ -202,14 +285,32 @@ class CodePrior(keras.Model):
 
     # === Forward ===
     def call(self, tokens, training=None):
-        x = self.position_embedding(self.token_embedding(ops.cast(tokens, "int32")))
+        tokens = ops.cast(tokens, "int32")
+        x = self.position_embedding(self.token_embedding(tokens))
+        padding_mask = None
+        if self.context_length:
+            padding_mask = ops.not_equal(tokens, self.caption_token_offset)  # (B, T): not [PAD]
         for block in self.blocks:
-            x = block(x, training=training)
+            x = block(x, padding_mask=padding_mask, training=training)
+        if self.context_length:
+            x = x[:, self.context_length :]  # (B, T - P + 1, D): the code positions
         return self.head(self.final_norm(x))  # (B, L, K) float32
+
+    def _describe(self):
+        if self.caption_vocabulary is not None:
+            return f"caption-conditional (max_caption_length={self.max_caption_length})"
+        if self.num_classes is not None:
+            return f"class-conditional (num_classes={self.num_classes})"
+        return "unconditional (num_classes=None)"
 
     def start_tokens(self, labels=None, num_samples=None):
         """int32 `(B,)` start tokens: `codebook_size (+ label)`."""
         if self.num_classes is None:
+            if labels is not None and self.caption_vocabulary is not None:
+                raise ValueError(
+                    f"This CodePrior is {self._describe()}; pass `captions`, not `labels`. "
+                    "Received: labels is not None"
+                )
             if labels is not None:
                 raise ValueError(
                     "This CodePrior is unconditional (num_classes=None); pass `num_samples`. "
@@ -233,12 +334,71 @@ class CodePrior(keras.Model):
         self._check_range(labels, self.num_classes, "labels")
         return self.codebook_size + labels
 
-    def prepare_inputs(self, codes, labels=None):
-        """`(tokens, targets)` for `fit`: start token + codes[:-1], and the codes, `(B, h*w)`.
+    def tokenize(self, captions):
+        """int32 caption token ids `(B, max_caption_length)` of the caption tokenizer (`[PAD]` = 0).
+
+        Args:
+            captions: strings `(B,)` (a list, a NumPy array or a `tf.string` tensor),
+                tokenized in the graph: lowercased, punctuation dropped, truncated to
+                the first `max_caption_length` words, `[PAD]`-padded; or int token
+                ids `(B, max_caption_length)` of that tokenizer, returned checked.
+        """
+        if self.caption_tokenizer is None:
+            raise ValueError(
+                f"This CodePrior is {self._describe()}; it takes no `captions`"
+                + (" (pass `labels`)" if self.num_classes else "")
+                + ". Received: captions is not None"
+            )
+        if _is_strings(captions):
+            return self.caption_tokenizer(captions)
+        ids = ops.convert_to_tensor(captions)
+        dtype = keras.backend.standardize_dtype(ids.dtype)
+        if "int" not in dtype:
+            raise ValueError(
+                "`captions` must be strings or integer caption token ids. "
+                f"Received: captions.dtype={dtype}"
+            )
+        if len(ids.shape) != 2 or ids.shape[1] != self.max_caption_length:
+            raise ValueError(
+                f"Caption token ids must have shape (batch, {self.max_caption_length}) "
+                f"(max_caption_length). Received: captions.shape={tuple(ids.shape)}"
+            )
+        ids = ops.cast(ids, "int32")
+        self._check_range(ids, self.caption_tokenizer.vocabulary_size, "captions")
+        return ids
+
+    def prefix_tokens(self, labels=None, num_samples=None, captions=None):
+        """int32 `(B, P)`: what precedes the first code, `P = max_caption_length + 1` or 1.
+
+        The caption's tokens (offset by `caption_token_offset`) then the start token
+        for a caption prior; the start token (`start_tokens`) otherwise.
+
+        Args:
+            labels: int `(B,)` class labels (class-conditional prior).
+            num_samples: batch size (unconditional prior).
+            captions: captions of a caption prior, as for `tokenize`.
+        """
+        if self.caption_vocabulary is None:
+            if captions is not None:
+                self.tokenize(captions)  # raises: this prior takes no captions
+            return self.start_tokens(labels, num_samples)[:, None]
+        if labels is not None:
+            self.start_tokens(labels)  # raises: pass captions, not labels
+        if captions is None:
+            raise ValueError(
+                f"This CodePrior is {self._describe()}; pass `captions`. Received: captions=None"
+            )
+        ids = self.tokenize(captions) + self.caption_token_offset  # (B, max_caption_length)
+        starts = ops.full((ops.shape(ids)[0], 1), self.codebook_size, "int32")
+        return ops.concatenate([ids, starts], axis=1)
+
+    def prepare_inputs(self, codes, labels=None, captions=None):
+        """`(tokens, targets)` for `fit`: prefix + codes[:-1] `(B, P - 1 + h*w)`, codes `(B, h*w)`.
 
         Args:
             codes: int `(B, h, w)` code grids (`VQVAE.encode` / `VQGAN.encode`).
             labels: int `(B,)` class labels for a class-conditional prior.
+            captions: `(B,)` captions for a caption prior (see `tokenize`).
         """
         codes = ops.cast(ops.convert_to_tensor(codes), "int32")
         if len(codes.shape) != 3 or tuple(codes.shape[1:]) != self.grid_shape:
@@ -247,8 +407,17 @@ class CodePrior(keras.Model):
                 f"Received: codes.shape={tuple(codes.shape)}"
             )
         self._check_range(codes, self.codebook_size, "codes")
-        starts = self.start_tokens(labels, num_samples=ops.shape(codes)[0])
-        return prior_inputs(codes, starts)
+        prefix = self.prefix_tokens(labels, ops.shape(codes)[0], captions)  # (B, P)
+        if prefix.shape[0] is not None and codes.shape[0] is not None:
+            if prefix.shape[0] != codes.shape[0]:
+                raise ValueError(
+                    "`captions` must hold one caption per code grid. Received: "
+                    f"{prefix.shape[0]} captions for {codes.shape[0]} code grids"
+                )
+        tokens, targets = prior_inputs(codes, prefix[:, -1])
+        if self.context_length:
+            tokens = ops.concatenate([prefix[:, :-1], tokens], axis=1)
+        return tokens, targets
 
     def _check_range(self, values, high, name):
         try:
@@ -262,7 +431,9 @@ class CodePrior(keras.Model):
             )
 
     # === Sampling ===
-    def sample(self, labels=None, num_samples=None, temperature=1.0, top_k=None, seed=0):
+    def sample(
+        self, labels=None, num_samples=None, temperature=1.0, top_k=None, seed=0, captions=None
+    ):
         """Sample code grids `(B, h, w)` int32 autoregressively in a bounded `fori_loop`.
 
         Args:
@@ -271,29 +442,32 @@ class CodePrior(keras.Model):
             temperature: softmax temperature, `> 0`.
             top_k: None or an int in `[1, codebook_size]`: sample among the top-k codes.
             seed: int or int32 scalar tensor; equal seeds give equal samples.
+            captions: `(B,)` captions (caption prior): strings or token ids, as for
+                `tokenize`.
 
         Returns:
             int32 code grids `(B, h, w)`.
         """
         _check_sampling(temperature, top_k, self.codebook_size)
-        starts = self.start_tokens(labels, num_samples)
-        batch = ops.shape(starts)[0]
+        prefix = self.prefix_tokens(labels, num_samples, captions)  # (B, P)
+        width = self.context_length + 1  # P
+        batch = ops.shape(prefix)[0]
         length = self.sequence_length
         seed = ops.cast(seed, "int32")
         tokens = ops.concatenate(
-            [starts[:, None], ops.zeros((batch, length), "int32")], axis=1
-        )  # (B, L + 1): start token, then the codes as they are drawn
-        columns = ops.arange(length + 1, dtype="int32")[None]
+            [prefix, ops.zeros((batch, length), "int32")], axis=1
+        )  # (B, P + L): the prefix, then the codes as they are drawn
+        columns = ops.arange(width + length, dtype="int32")[None]
 
         def step(position, tokens):
-            logits = self(tokens[:, :length], training=False)  # (B, L, K)
+            logits = self(tokens[:, : self.input_length], training=False)  # (B, L, K)
             step_logits = ops.take(logits, position, axis=1)  # (B, K)
             step_seed = ops.stack([seed, ops.cast(position, "int32")])
             codes = sample_logits(step_logits, step_seed, temperature, top_k)
-            return ops.where(columns == position + 1, codes[:, None], tokens)
+            return ops.where(columns == position + width, codes[:, None], tokens)
 
         tokens = ops.fori_loop(0, length, step, tokens)
-        return ops.reshape(tokens[:, 1:], (batch, *self.grid_shape))
+        return ops.reshape(tokens[:, width:], (batch, *self.grid_shape))
 
     # === Training ===
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
@@ -311,12 +485,53 @@ class CodePrior(keras.Model):
 
     # === Export ===
     def next_token_logits(self, tokens):
-        """Logits `(B, K)` of the code after the last of `tokens` `(B, L)`, `1 <= L <= h*w`."""
-        return ops.take(self(tokens, training=False), ops.shape(tokens)[1] - 1, axis=1)
+        """Logits `(B, K)` of the code after the last of `tokens` `(B, T)`.
+
+        `tokens` are the prefix (`prefix_tokens`, width `P`) then the codes drawn so
+        far: `P <= T <= P - 1 + h*w`.
+        """
+        logits = self(tokens, training=False)  # (B, T - P + 1, K)
+        return ops.take(logits, ops.shape(logits)[1] - 1, axis=1)
 
     def export_endpoints(self):
-        """One LiteRT-friendly step: `next_token_logits` (tokens `(B, L)` -> logits `(B, K)`)."""
+        """One LiteRT-friendly step: `next_token_logits` (tokens -> logits `(B, K)`).
+
+        Unconditional and class priors take `tokens` `(B, T)` int32: the start token
+        then the codes so far. Caption priors take `caption_ids` `(B,
+        max_caption_length)` int32 (the caption tokenizer's ids, `tokenize` on the
+        host: LiteRT has no string ops) and `tokens` `(B, T)`, `1 <= T <= h*w`: the
+        start token `codebook_size` then the codes so far.
+        """
         spec = keras.InputSpec(shape=(None, None), dtype="int32", name="tokens")
+        if self.caption_vocabulary is not None:
+            caption_spec = keras.InputSpec(
+                shape=(None, self.max_caption_length), dtype="int32", name="caption_ids"
+            )
+
+            def step(caption_ids, tokens):
+                tokens = ops.cast(tokens, "int32")
+                prefix = ops.cast(caption_ids, "int32") + self.caption_token_offset
+                count = ops.shape(tokens)[1]  # the start token and the codes so far
+                # Runs the full, static length: LiteRT cannot lower the padding mask's
+                # reshape with two dynamic dims. Positions after the given tokens are
+                # causally invisible to them, so the logits are those of the prefix.
+                filler = ops.zeros((ops.shape(tokens)[0], self.sequence_length - count), "int32")
+                full = ops.reshape(
+                    ops.concatenate([prefix, tokens, filler], axis=1), (-1, self.input_length)
+                )
+                logits = self(full, training=False)  # (B, h*w, K)
+                return {"logits": ops.take(logits, count - 1, axis=1)}
+
+            return {
+                "next_token_logits": (
+                    step,
+                    [caption_spec, spec],
+                    {
+                        "caption_ids": (0, self.caption_tokenizer.vocabulary_size - 1),
+                        "tokens": (0, self.codebook_size),
+                    },
+                )
+            }
         return {
             "next_token_logits": (
                 lambda tokens: {"logits": self.next_token_logits(tokens)},
@@ -326,11 +541,33 @@ class CodePrior(keras.Model):
         }
 
     def export_parity_batch(self):
+        codes = keras.random.randint((4, *self.grid_shape), 0, self.codebook_size, seed=0)
+        if self.caption_vocabulary is not None:
+            tokens, _ = prior_inputs(codes, ops.full((4,), self.codebook_size, "int32"))
+            caption_ids = self.tokenize(self.parity_captions())
+            return {
+                "next_token_logits": {
+                    "caption_ids": ops.convert_to_numpy(caption_ids),
+                    "tokens": ops.convert_to_numpy(tokens),
+                }
+            }
         tokens, _ = self.prepare_inputs(
-            keras.random.randint((4, *self.grid_shape), 0, self.codebook_size, seed=0),
-            None if self.num_classes is None else ops.arange(4) % self.num_classes,
+            codes, None if self.num_classes is None else ops.arange(4) % self.num_classes
         )
         return {"next_token_logits": {"tokens": ops.convert_to_numpy(tokens)}}
+
+    def parity_captions(self):
+        """Four parity-check captions: short, empty, over-long with an unknown word, upper case."""
+        words = self.caption_vocabulary
+        return np.array(
+            [
+                " ".join(words[:3]),
+                "",
+                " ".join(["unknownword", *words] * 2),
+                " ".join(words[::-1][:4]).upper() + "!",
+            ],
+            dtype=np.bytes_,  # bytes load without pickling in the parity runner
+        )
 
     # === Config ===
     def get_config(self):
@@ -345,12 +582,20 @@ class CodePrior(keras.Model):
             "num_classes": self.num_classes,
             "mlp_dim": self.mlp_dim,
             "dropout": self.dropout,
+            "caption_vocabulary": self.caption_vocabulary,
+            "max_caption_length": self.max_caption_length,
         }
+
+
+def _summarize(vocabulary):
+    if isinstance(vocabulary, list | tuple) and len(vocabulary) > 5:
+        return f"[{', '.join(map(repr, vocabulary[:5]))}, ...] ({len(vocabulary)} words)"
+    return repr(vocabulary)
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class Generator(keras.Model):
-    """A `CodePrior` and a VQ tokenizer: labels and a seed in, images out, as one endpoint.
+    """A `CodePrior` and a VQ tokenizer: labels or captions and a seed in, images out, one endpoint.
 
     Args:
         prior: a `CodePrior` whose `codebook_size` and `grid_shape` match `tokenizer`.
@@ -366,6 +611,8 @@ class Generator(keras.Model):
     generator = kzoo.models.Generator(prior, vqgan, top_k=32)
     images = generator.generate(labels=[0, 1], seed=0)  # (2, 32, 32, 3)
     kzoo.export.export_saved_model(generator, "exported")  # one `generate` signature
+    # A caption prior's generator: generate(captions=["a red circle ..."], seed=0);
+    # its `generate` signature takes `captions` (tf.string, (B,)) and `seed`.
     ```
     """
 
@@ -398,19 +645,39 @@ class Generator(keras.Model):
         _check_sampling(temperature, top_k, prior.codebook_size)
         self.built = True
 
-    def generate(self, labels=None, num_samples=None, seed=0):
-        """Images `(B, H, W, C)` decoded from sampled code grids."""
+    def generate(self, labels=None, num_samples=None, seed=0, captions=None):
+        """Images `(B, H, W, C)` decoded from sampled code grids (see `CodePrior.sample`)."""
         codes = self.prior.sample(
-            labels, num_samples, temperature=self.temperature, top_k=self.top_k, seed=seed
+            labels,
+            num_samples,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=seed,
+            captions=captions,
         )
         return self.tokenizer.decode(codes)
 
-    def call(self, labels):
-        return self.generate(labels=labels)
+    def call(self, inputs):
+        if self.prior.caption_vocabulary is not None:
+            return self.generate(captions=inputs)
+        return self.generate(labels=inputs)
 
     def export_endpoints(self):
-        """The single endpoint `generate`: (labels or num_samples, seed) -> images."""
+        """The single endpoint `generate`: (labels, num_samples or captions; seed) -> images.
+
+        A caption prior's `generate` takes `captions` `tf.string` `(B,)`, tokenized in
+        the graph (long captions truncated), and at most `max_batch` of them.
+        """
         seed = keras.InputSpec(shape=(), dtype="int32", name="seed")
+        if self.prior.caption_vocabulary is not None:
+            captions = keras.InputSpec(shape=(None,), dtype="string", name="captions")
+            return {
+                "generate": (
+                    lambda c, s: {"images": self.generate(captions=c, seed=s)},
+                    [captions, seed],
+                    {"batch": self.max_batch},
+                )
+            }
         if self.prior.num_classes is None:
             count = keras.InputSpec(shape=(), dtype="int32", name="num_samples")
             return {
@@ -431,6 +698,8 @@ class Generator(keras.Model):
 
     def export_parity_batch(self):
         seed = np.asarray(3, "int32")
+        if self.prior.caption_vocabulary is not None:
+            return {"generate": {"captions": self.prior.parity_captions()[:3], "seed": seed}}
         if self.prior.num_classes is None:
             return {"generate": {"num_samples": np.asarray(2, "int32"), "seed": seed}}
         labels = (np.arange(2) % self.prior.num_classes).astype("int32")
