@@ -16,6 +16,8 @@ prints:
 2. the jit table: kzoo items/s per `jit_compile` setting, or why one failed.
 3. the load table: worst `loadavg_before`, lowest `cpu_util` and highest
    `others_cpu_per_s` of each side's runs, so contaminated runs are visible.
+4. the peak-memory table of `"kind": "peak_memory"` rows (dit_train_memory),
+   which time nothing and are left out of the tables above.
 """
 
 import argparse
@@ -33,6 +35,7 @@ ORDER = (
     "dit_train",
     "vqmodel_train",
 )
+MEMORY_KIND = "peak_memory"
 
 
 def load_rows(path):
@@ -65,6 +68,8 @@ def summarize(rows):
     """
     out = {}
     for row in rows:
+        if row.get("kind") == MEMORY_KIND:
+            continue
         entry = out.setdefault(row["workload"], {"kzoo": {}, "peer": [], "failed": {}})
         if side(row) == "peer":
             if _ok(row):
@@ -207,7 +212,36 @@ def tables(rows):
                 f"{_fmt(min(r['cpu_util'] for r in runs), 2)} | "
                 f"{_fmt(max(others), 2) if others else '-'} |"
             )
-    return "\n".join(lines) + "\n\n" + "\n".join(jit_lines) + "\n\n" + "\n".join(load_lines)
+    text = "\n".join(lines) + "\n\n" + "\n".join(jit_lines) + "\n\n" + "\n".join(load_lines)
+    memory = memory_table(rows)
+    return text + "\n\n" + memory if memory else text
+
+
+def memory_table(rows):
+    """Markdown table of the peak-memory rows (one line per row and setting), or ''."""
+    lines = [
+        "| workload | jit_compile | setting | device | peak RSS MiB | RSS after build MiB | "
+        "peak - build MiB | device peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    memory_rows = [r for r in rows if r.get("kind") == MEMORY_KIND and r.get("status") == "ok"]
+    for row in memory_rows:
+        for name, setting in row["settings"].items():
+            cells = [
+                setting.get(key)
+                for key in (
+                    "peak_rss_bytes",
+                    "rss_after_build_bytes",
+                    "peak_minus_build_bytes",
+                    "device_peak_bytes",
+                )
+            ]
+            mib = [_fmt(v / 2**20, 0) if v is not None else "-" for v in cells]
+            lines.append(
+                f"| {row['workload']} | {row.get('jit_compile')} | {name} | "
+                f"{setting.get('device', '-')} | {' | '.join(mib)} |"
+            )
+    return "\n".join(lines) if memory_rows else ""
 
 
 def main(argv=None):

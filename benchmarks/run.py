@@ -13,6 +13,11 @@ to stderr) with the fields of shared/BENCHMARKS.md (`workload`, `framework`,
 times. `--out` also appends the lines to a file. A step is defined as in
 shared/bench/peers.py; every workload is built fresh for each jit setting.
 
+`dit_train_memory` times nothing: its line (`"kind": "peak_memory"`, timing
+fields null) holds the peak memory of dit_train steps as one batch of 32 and as
+gradient accumulation 4 x 8, each measured in a fresh subprocess; `--steps` is
+the number of optimizer steps per setting.
+
 `pct_of_peak` uses `--peak-flops` when given, else the fastest step of a
 `matmul_peak` run earlier in the same invocation (so `--workload all` measures
 its own peak first), else it is null.
@@ -32,7 +37,15 @@ WORKLOAD_MODULES = {
     "vq_fwd_bwd_ste": "benchmarks.vq",
     "vq_learnable": "benchmarks.vq",
     "vqmodel_train": "benchmarks.vqmodel_train",
+    "unet_train": "benchmarks.unet",
+    "unet_sample": "benchmarks.unet",
+    "dit_train": "benchmarks.dit",
+    "dit_train_memory": "benchmarks.dit",
 }
+# Workloads that measure peak memory (module.measure_memory) instead of time.
+MEMORY_WORKLOADS = ("dit_train_memory",)
+# unet_sample: single denoiser calls timed after the sample calls, as peers.py.
+DENOISER_CALLS = 10
 JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}
 
 
@@ -85,6 +98,8 @@ def run_workload(name, jit_compile, args, peak_flops):
     from benchmarks import _timing
 
     module = importlib.import_module(WORKLOAD_MODULES[name])
+    if name in MEMORY_WORKLOADS:
+        return run_memory_workload(name, module, jit_compile, args)
     warmup, steps = module.DEFAULTS[name]
     warmup = args.warmup if args.warmup is not None else warmup
     steps = args.steps if args.steps is not None else steps
@@ -144,6 +159,52 @@ def run_workload(name, jit_compile, args, peak_flops):
     )
     if "vectors_per_step" in workload.extra:
         row["vectors_per_s"] = workload.extra["vectors_per_step"] / timing["median_s_per_step"]
+    if "denoiser_call" in workload.extra:
+        row["denoiser_call"] = _time_denoiser_call(workload, timing["median_s_per_step"])
+    row["workload_wall_s"] = time.perf_counter() - start
+    row["loadavg_after"] = _timing.loadavg()
+    row["host"] = _host()
+    row["unix_time"] = int(time.time())
+    return row
+
+
+def _time_denoiser_call(workload, sample_median_s):
+    """Single denoiser calls timed on their own (1 warm-up + DENOISER_CALLS), as peers.py."""
+    from benchmarks import _timing
+
+    extra = workload.extra
+    den = _timing.time_steps(extra["denoiser_call"], 1, DENOISER_CALLS)
+    flops = extra["denoiser_call_flops"]
+    calls = extra["denoiser_calls_per_step"]
+    return {
+        "batch": workload.items_per_step,
+        "median_s": den["median_s_per_step"],
+        "min_s": den["min_s_per_step"],
+        "times_s": den["times_s"],
+        "cpu_util": den["cpu_util"],
+        "flops": flops,
+        "achieved_flops_per_s": flops / den["median_s_per_step"] if flops else None,
+        # A difference of two noisy medians, not a measured overhead.
+        f"sample_minus_{calls}_denoiser_calls_s": sample_median_s
+        - calls * den["median_s_per_step"],
+    }
+
+
+def run_memory_workload(name, module, jit_compile, args):
+    """Peak-memory row: `module.measure_memory(jit_compile, steps)`; timing fields null."""
+    from benchmarks import _timing
+
+    steps = args.steps if args.steps is not None else module.DEFAULTS[name][1]
+    row = dict.fromkeys(REQUIRED_FIELDS)
+    row.update({"workload": name, "framework": "kzoo", "jit_compile": jit_compile, "status": "ok"})
+    row["kind"] = "peak_memory"
+    if args.wait_load is not None:
+        row["quiet_wait"] = _timing.wait_for_low_load(args.wait_load, args.wait_max)
+    row["loadavg_before"] = _timing.loadavg()
+    start = time.perf_counter()
+    log(f"{name} (jit_compile={jit_compile}): {steps} optimizer step(s) per setting")
+    row.update(module.measure_memory(jit_compile, steps))
+    row["versions"] = _versions()
     row["workload_wall_s"] = time.perf_counter() - start
     row["loadavg_after"] = _timing.loadavg()
     row["host"] = _host()
@@ -255,6 +316,10 @@ def main(argv=None):
                 # The fastest matmul of this invocation is the peak for what follows.
                 peak = max(peak or 0.0, row["achieved_flops_per_s_best"])
             _emit(row, args.out)
+            if name in MEMORY_WORKLOADS:
+                peaks = {k: v["peak_rss_bytes"] / 2**20 for k, v in row["settings"].items()}
+                log(f"{name} jit={jit}: peak RSS MiB {peaks}")
+                continue
             log(
                 f"{name} jit={jit}: {row['items_per_s']:.1f} items/s "
                 f"(best {row['items_per_s_best']:.1f}), cpu_util={row['cpu_util']}"

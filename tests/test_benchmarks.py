@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -5,6 +6,10 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import _timing, compare, run
+from benchmarks import dit as dit_bench
+from benchmarks import unet as unet_bench
+from benchmarks._diffusion import count_elements
+from kzoo.models import DiT, UNet
 
 REQUIRED = (
     "workload",
@@ -166,3 +171,120 @@ def test_compare_table_ratio_of_medians_and_faster_jit():
     assert "100% of peak = 200 GFLOP/s" in table
     jit_line = next(x for x in table.splitlines() if x.startswith("| vq_learnable | 3,200 | 1,280"))
     assert jit_line.endswith("| False |")
+
+
+# Tiny models for the smoke tests of the diffusion workloads (the benchmark's are
+# 9M and 33M parameters; their counts are checked without tracing a step).
+TINY_UNET = dict(
+    image_shape=(8, 8, 3),
+    channels=(8, 16),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    norm_groups=4,
+    time_embedding_dim=16,
+)
+TINY_DIT = dict(
+    input_shape=(8, 8, 4), patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=5
+)
+
+
+def _run_tiny(monkeypatch, capsys, module, names, **overrides):
+    monkeypatch.setattr(module, "build", functools.partial(module.build, **overrides))
+    argv = ["--workload", *names, "--steps", "1", "--warmup", "0", "--jit-compile", "false"]
+    run.main([*argv, "--peak-flops", "1e11"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["workload"] for r in rows] == names
+    for row in rows:
+        missing = [k for k in REQUIRED if k not in row]
+        assert not missing, missing
+        assert row["status"] == "ok" and row["timed_steps"] == 1
+        assert row["items_per_s_best"] >= row["items_per_s"] > 0
+        assert row["flops_per_step"] > 0 and row["pct_of_peak"] > 0
+        assert "unknown_shape_ops" not in row["flops_by_op"]
+    return rows
+
+
+def test_benchmark_models_have_the_documented_parameter_counts():
+    # Built, never traced: the counts of the rows' configs at full size.
+    assert unet_bench.make_unet().count_params() == unet_bench.PEER_PARAMS == 8_952_067
+    dit = dit_bench.make_dit()
+    assert dit.count_params() == dit_bench.PARAMS == 32_957_200
+    # The row's `params` is the trainable count (torch's parameters()); the fixed
+    # sin-cos positions are the non-trainable elements, a buffer in the peer.
+    assert count_elements(dit.trainable_variables) == 32_858_896
+    assert count_elements(dit.non_trainable_variables) == 256 * 384
+
+
+def test_unet_train_on_a_tiny_unet(monkeypatch, capsys):
+    (row,) = _run_tiny(
+        monkeypatch, capsys, unet_bench, ["unet_train"], batch=2, model_kwargs=TINY_UNET
+    )
+    unet = UNet(**TINY_UNET)
+    assert row["items_per_step"] == 2 and row["params"] == unet.count_params()
+    assert row["config"]["kwargs"]["channels"] == [8, 16] and row["config"]["batch"] == 2
+    forward = tf.function(lambda x, t: unet([x, t]))
+    x, t = tf.zeros((2, 8, 8, 3)), tf.zeros((2,))
+    forward_flops, _ = _timing.graph_flops(forward.get_concrete_function(x, t).graph)
+    # A train step is forward + both gradients of every conv and matmul (3x the
+    # forward), less the input gradients nothing needs: conv_in's (the images)
+    # and the first time-MLP layer's (the sinusoidal features of t).
+    conv_in = 2 * (2 * 8 * 8) * (3 * 3 * 3 * 8)
+    time_dense1 = 2 * 2 * 8 * 16
+    assert row["flops_per_step"] == 3 * forward_flops - conv_in - time_dense1
+    assert {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"} <= set(row["flops_by_op"])
+
+
+def test_unet_sample_on_a_tiny_unet(monkeypatch, capsys):
+    (row,) = _run_tiny(
+        monkeypatch, capsys, unet_bench, ["unet_sample"], batch=2, model_kwargs=TINY_UNET
+    )
+    assert row["items_per_step"] == 2 and row["params"] == UNet(**TINY_UNET).count_params()
+    # One sample = 50 denoiser calls; the loop's FLOPs are 50 counted calls.
+    call = row["denoiser_call"]
+    assert row["flops_per_step"] == 50 * call["flops"] > 0
+    assert row["config"]["num_inference_steps"] == 50 and len(call["times_s"]) == 10
+    assert row["config"]["sampler_config"]["timestep_spacing"] == "leading"
+
+
+def test_dit_train_on_a_tiny_dit(monkeypatch, capsys):
+    (row,) = _run_tiny(
+        monkeypatch, capsys, dit_bench, ["dit_train"], batch=2, model_kwargs=TINY_DIT
+    )
+    dit = DiT(**TINY_DIT)
+    assert row["params"] == count_elements(dit.trainable_variables)
+    assert row["non_trainable_elements"] == 16 * 32  # the fixed positions
+    assert row["config"]["peer_params"] == 39_798_928
+    assert "39,798,928" in row["notes"]
+    # Attention (BatchMatMul) and the token projections (MatMul) are counted.
+    assert row["flops_by_op"]["BatchMatMulV2"] > 0 and row["flops_by_op"]["MatMul"] > 0
+
+
+def test_dit_train_memory_row_has_both_settings(monkeypatch, capsys):
+    measure = functools.partial(dit_bench.measure_memory, model_kwargs=TINY_DIT, effective_batch=8)
+    monkeypatch.setattr(dit_bench, "measure_memory", measure)
+    # 512 MB the tiny children never need: their peaks must not include it (ru_maxrss
+    # would: Linux carries the parent's high-water mark across fork + exec).
+    ballast = np.ones(64 * 2**20)
+    run.main(["--workload", "dit_train_memory", "--steps", "1", "--jit-compile", "false"])
+    parent_rss = dit_bench._rss_bytes()
+    del ballast
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert set(REQUIRED) <= set(row)
+    assert row["status"] == "ok" and row["kind"] == "peak_memory"
+    assert row["median_s_per_step"] is None and row["effective_batch"] == 8
+    assert row["params"] == count_elements(DiT(**TINY_DIT).trainable_variables)
+    settings = row["settings"]
+    assert list(settings) == ["batch8", "accum4x2"]
+    for name, calls in (("batch8", 1), ("accum4x2", 4)):
+        setting = settings[name]
+        assert setting["train_step_calls"] == calls and setting["effective_batch"] == 8
+        # Four accumulated micro-batches make ONE optimizer update.
+        assert setting["optimizer_iterations"] == 1
+        assert np.isfinite(setting["loss"])
+        for key in ("peak_rss_bytes", "rss_after_build_bytes", "peak_minus_build_bytes"):
+            assert setting[key] > 0, (name, key)
+        assert setting["rss_after_build_bytes"] <= setting["peak_rss_bytes"] < parent_rss
+    assert row["accum_over_batch_peak_rss"] > 0
+    # compare.py keeps the row out of the speed tables and prints it on its own.
+    table = compare.tables([row])
+    assert "failed" not in table and "| dit_train_memory | False | accum4x2 | CPU |" in table
