@@ -53,7 +53,9 @@ class SpatialSelfAttention(keras.layers.Layer):
         tokens = ops.reshape(self.norm(inputs), (batch, height * width, channels))
         qkv = ops.reshape(self.qkv(tokens), (batch, height * width, 3, self.num_heads, head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, heads, HW, head_dim)
-        query, key, value = qkv[0], qkv[1], qkv[2]
+        # unstack, not qkv[0], qkv[1], qkv[2]: the gradient of each slice is a full
+        # (3, B, heads, HW, head_dim) tensor of zeros (StridedSliceGrad), summed after.
+        query, key, value = ops.unstack(qkv, 3, axis=0)
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * (head_dim**-0.5)
         weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
         attended = ops.matmul(weights, value)  # (B, heads, HW, head_dim)

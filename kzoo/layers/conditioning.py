@@ -97,9 +97,10 @@ class AdaLNZeroBlock(keras.layers.Layer):
         batch, tokens = shape[0], shape[1]
         qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, heads, N, head_dim)
+        # unstack, not qkv[i]: each slice's gradient is a full-size tensor of zeros.
+        query, key, value = ops.unstack(qkv, 3, axis=0)
         # Scaling the query (N*hd) is cheaper than scaling the scores (N*N).
-        query = qkv[0] * ops.cast(self.head_dim**-0.5, x.dtype)
-        key, value = qkv[1], qkv[2]
+        query = query * ops.cast(self.head_dim**-0.5, x.dtype)
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B, heads, N, N)
         weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
         attended = ops.matmul(weights, value)  # (B, heads, N, head_dim)

