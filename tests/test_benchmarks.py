@@ -288,3 +288,29 @@ def test_dit_train_memory_row_has_both_settings(monkeypatch, capsys):
     # compare.py keeps the row out of the speed tables and prints it on its own.
     table = compare.tables([row])
     assert "failed" not in table and "| dit_train_memory | False | accum4x2 | CPU |" in table
+
+
+def test_profile_splits_the_op_time_by_part_and_op(tmp_path, capsys):
+    from benchmarks import profile
+
+    argv = ["--workload", "vq_fwd_bwd_ste", "--steps", "1", "--warmup", "1"]
+    assert profile.main([*argv, "--logdir", str(tmp_path)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["workload"] == "vq_fwd_bwd_ste" and row["op_seconds"] > 0
+    parts = row["share_by_part_pct"]
+    # The step is the VQ layer alone: its forward (distance matmul, top_k, EMA) dominates.
+    assert parts["vq (forward)"] > 50 and abs(sum(parts.values()) - 100) < 1
+    assert "_MklMatMul" in row["share_by_op_pct"] or "MatMul" in row["share_by_op_pct"]
+    assert list(tmp_path.glob("**/*.xplane.pb"))
+
+
+def test_profile_names_ops_by_part():
+    from benchmarks.profile import _part
+
+    assert _part("gradient_tape/unet_1/down0_res0_1/norm1_1/Sum", "Sum") == "groupnorm (backward)"
+    assert _part("vqvae_1/encoder_1/mid_attn_1/MatMul", "_MklMatMul") == "attention (forward)"
+    assert _part("vq/TopKV2", "TopKV2") == "vq (forward)"
+    assert _part("vqvae_1/decoder_1/conv_out_1/BiasAdd", "_MklNativeFusedConv2D") == (
+        "conv (forward)"
+    )
+    assert _part("adam_w/Sqrt_3", "Sqrt") == "optimizer (forward)"
