@@ -39,7 +39,10 @@ def main(argv):
             manifest[signature] = {}
             for name, tensor in fn(**feed).items():
                 key = f"out_{len(outputs)}"
-                outputs[key] = tensor.numpy()
+                value = tensor.numpy()
+                if value.dtype == object:  # tf.string: bytes, loadable without pickling
+                    value = value.astype(np.bytes_)
+                outputs[key] = value
                 manifest[signature][name] = key
     kzoo_modules = _kzoo_modules()
     np.savez(request["outputs_npz"], **outputs)

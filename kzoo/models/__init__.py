@@ -30,3 +30,7 @@ __all__ += [
 from kzoo.models.code_prior import CodePrior, Generator  # noqa: E402
 
 __all__ += ["CodePrior", "Generator"]
+
+from kzoo.models.captioner import Captioner  # noqa: E402
+
+__all__ += ["Captioner"]

@@ -233,7 +233,7 @@ def _image_callbacks(config, model, workdir):
                 log_dir, lambda m: [fixed, m(fixed, training=False)], name="reconstructions"
             )
         ]
-    if hasattr(model, "generate"):
+    if hasattr(model, "generate") and not hasattr(model, "caption"):  # captioners: text
         num_classes = getattr(model, "num_classes", None)
         labels = None if not num_classes else [i % num_classes for i in range(8)]
 

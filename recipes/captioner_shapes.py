@@ -1,0 +1,84 @@
+"""Image captioner (conv encoder, transformer decoder with cross-attention) on kzoo_shapes, ~5 min.
+
+Run:
+    kzoo train captioner_shapes --workdir runs/captioner_shapes
+    python -m recipes.captioner_shapes runs/captioner_shapes   # test-split word accuracy (JSON)
+
+Result (600 steps of 64, seed 0; ~5.5 min on 2 CPU cores shared with other runs;
+final training token accuracy 0.976; greedy captions of the test split, 1,000
+examples):
+
+| metric                                | value | chance |
+|---------------------------------------|-------|--------|
+| shape word exact match                | 0.813 | 0.167  |
+| colour word exact match               | 0.994 | 0.125  |
+| shape and colour both right           | 0.809 | 0.021  |
+| whole caption exact match             | 0.712 | -      |
+
+Metrics (`kzoo.models.captioner.word_accuracy`, greedy captions of the test
+split): exact match of the shape word (chance 1/6) and of the shape's colour word
+(the word before the shape word; chance 1/8), both at once, and of the whole
+caption. The tokenizer is built inside the model from the kzoo_shapes vocabulary;
+`outputs=("image", "caption")` makes the training data `(images, captions)` pairs
+of raw strings, tokenized in the graph.
+"""
+
+import json
+import sys
+
+
+def get_config():
+    return {
+        "model": {
+            "class_name": "Captioner",
+            "image_encoder": {
+                "image_shape": (32, 32, 3),
+                "kind": "conv",
+                "channels": (32, 64, 64),
+                "num_res_blocks": 1,
+                "norm_groups": 8,
+                "hidden_dim": 64,
+            },
+            "vocabulary": "kzoo_shapes",
+            "max_length": 14,
+            "hidden_dim": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+        },
+        "dataset": "kzoo_shapes",
+        "outputs": ("image", "caption"),
+        "batch_size": 64,
+        "steps": 600,
+        "steps_per_epoch": 100,
+        "learning_rate": 2e-3,
+        "weight_decay": 0.01,
+        "ema": False,
+        "grad_accum_steps": 1,
+        "precision": "float32",
+        "jit_compile": False,
+        "strategy": "default",
+        "seed": 0,
+    }
+
+
+def evaluate(model, num_examples=1000):
+    """Test-split shape / colour word accuracy of a trained `Captioner` (see module doc)."""
+    import kzoo.data
+    from kzoo.models.captioner import word_accuracy
+
+    images, labels = kzoo.data.load_arrays(
+        "kzoo_shapes", split="test", num_examples=num_examples, image_size=model.image_shape[0]
+    )
+    return word_accuracy(model, images, labels)
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m recipes.captioner_shapes WORKDIR")
+    from kzoo.training.checkpoint import load_trained_model
+
+    print(json.dumps(evaluate(load_trained_model(argv[1])), indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
