@@ -74,3 +74,31 @@ def test_corrupt_state_and_missing_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path))
     with pytest.raises(ValueError, match="does not exist. Received: workdir="):
         load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_ema_weights_swapped_in_at_the_end_of_fit_reach_the_checkpoint(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    raw = {}
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: raw.update(weights=model.get_weights())
+            ),
+            CheckpointCallback(str(tmp_path), 4),
+        ],
+    )
+    ema = model.get_weights()  # fit swapped the moving averages in after the last epoch
+    assert not np.allclose(ema[0], raw["weights"][0])
+    restored, state = load_checkpoint(str(tmp_path))
+    assert state["step"] == 8
+    np.testing.assert_array_equal(restored.get_weights()[0], ema[0])

@@ -121,19 +121,33 @@ def load_trained_model(workdir):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves an atomic checkpoint at the end of every epoch whose loss is finite."""
+    """Saves an atomic checkpoint at the end of every epoch whose loss is finite.
+
+    With an EMA optimizer (`use_ema=True`) Keras swaps the averaged weights into
+    the model after the last `on_epoch_end`, so the last checkpoint is written
+    again at `on_train_end`: the workdir's final model is the EMA model.
+    """
 
     def __init__(self, workdir, steps_per_epoch):
         super().__init__()
         self.workdir = workdir
         self.steps_per_epoch = steps_per_epoch
+        self._last_saved = None  # (epoch, step) when the latest epoch was saved
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not _isfinite(loss):
             # TerminateOnNaN stops the run; keep the last good checkpoint.
+            self._last_saved = None
             return
-        save_checkpoint(self.model, self.workdir, epoch + 1, (epoch + 1) * self.steps_per_epoch)
+        self._last_saved = (epoch + 1, (epoch + 1) * self.steps_per_epoch)
+        save_checkpoint(self.model, self.workdir, *self._last_saved)
+
+    def on_train_end(self, logs=None):
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+        if self._last_saved is not None and getattr(optimizer, "use_ema", False):
+            save_checkpoint(self.model, self.workdir, *self._last_saved)
 
 
 def _isfinite(value):
