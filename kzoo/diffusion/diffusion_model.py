@@ -14,6 +14,15 @@ class-conditional, `denoiser([x_t, t, labels])`, returning a float32 prediction
 shaped like `x_t` (`kzoo.models.UNet` and `kzoo.models.DiT` follow this contract;
 label id `num_classes` is the null class). This module never imports a model.
 
+Text-to-image: with a `text_encoder` (a kzoo `TextEncoder`, or any model mapping
+token ids `(B, T)` to `{"sequence": (B, T, D), "pooled": (B, D)}`) and a
+`tokenizer`, the denoiser is called as
+`denoiser([x_t, t, context, context_mask, pooled])` (a `UNet` / `DiT` built with
+`context_dim=D`), `fit` takes `(images, captions)` and captions are replaced by
+the empty caption (all `[PAD]`: no token to attend to, zero pooled vector) with
+probability `caption_dropout_prob`, the null condition of classifier-free
+guidance (as Imagen and Stable Diffusion drop text to the empty prompt).
+
 Weight EMA: recipes use the optimizer's `use_ema=True`
 (`keras.optimizers.AdamW(..., use_ema=True, ema_momentum=0.999)`); Keras keeps the
 moving averages in the optimizer and swaps them into the model's weights at the end
@@ -43,6 +52,10 @@ from kzoo.diffusion.schedules import (
 # Inputs of the exported `generate` endpoint, in signature order (labels and
 # guidance_scale only for class-conditional models).
 GENERATE_INPUTS = ("noise", "labels", "num_steps", "guidance_scale", "seed")
+# Inputs of the exported `generate_from_text` endpoint of text-to-image models.
+GENERATE_FROM_TEXT_INPUTS = ("captions", "num_steps", "guidance_scale", "seed")
+# Second component of the stateless seed of `generate_from_text`'s initial noise.
+_TEXT_NOISE_STREAM = 1
 # What `export_parity_batch` feeds `generate`: few steps keep the check fast.
 PARITY_NUM_STEPS = 4
 PARITY_GUIDANCE_SCALE = 3.0
@@ -133,6 +146,54 @@ def _denoiser_sample_shape(denoiser):
     return None
 
 
+def _check_text_conditioning(text_encoder, tokenizer, num_classes):
+    """`(tokenizer, text_encoder)` of a text-to-image model, checked; `(None, None)` otherwise."""
+    if text_encoder is None:
+        if tokenizer is not None:
+            raise ValueError(
+                "`tokenizer` is for text-to-image models: pass `text_encoder` too. "
+                f"Received: tokenizer={tokenizer!r} with text_encoder=None"
+            )
+        return None, None
+    if num_classes is not None:
+        raise ValueError(
+            "A text-to-image model has no class labels: use num_classes=None (and a "
+            f"denoiser built with `context_dim`). Received: num_classes={num_classes!r}"
+        )
+    from kzoo.data import tokenizer as tokenizer_module  # data, not a model
+
+    if isinstance(tokenizer, dict) and "class_name" not in tokenizer:
+        tokenizer = tokenizer_module.Tokenizer(**tokenizer)
+    elif isinstance(tokenizer, dict):
+        tokenizer = keras.saving.deserialize_keras_object(tokenizer)
+    if not isinstance(tokenizer, tokenizer_module.Tokenizer):
+        raise ValueError(
+            "A text-to-image model needs `tokenizer`: a kzoo Tokenizer or a dict of its "
+            "arguments (e.g. {'vocabulary': 'kzoo_shapes', 'sequence_length': 16}). "
+            f"Received: tokenizer={tokenizer!r}"
+        )
+    if not isinstance(text_encoder, keras.Model):
+        raise TypeError(
+            "`text_encoder` must be a keras.Model mapping token ids (B, T) to "
+            '{"sequence": (B, T, D), "pooled": (B, D)} (a kzoo TextEncoder). '
+            f"Received: text_encoder={text_encoder!r}"
+        )
+    vocabulary_size = getattr(text_encoder, "vocabulary_size", None)
+    if vocabulary_size is not None and vocabulary_size < tokenizer.vocabulary_size:
+        raise ValueError(
+            f"The text encoder has {vocabulary_size} token embeddings but the tokenizer emits "
+            f"{tokenizer.vocabulary_size} ids. Received: text_encoder.vocabulary_size="
+            f"{vocabulary_size}"
+        )
+    length = getattr(text_encoder, "sequence_length", None)
+    if length is not None and length != tokenizer.sequence_length:
+        raise ValueError(
+            f"The text encoder takes {length} tokens but the tokenizer emits "
+            f"{tokenizer.sequence_length}. Received: text_encoder.sequence_length={length}"
+        )
+    return tokenizer, text_encoder
+
+
 class _Cache:
     """Samplers and compiled generate functions, kept out of Keras/TF object tracking
     (a tracked dict of `tf.function`s would break SavedModel export)."""
@@ -185,6 +246,17 @@ class DiffusionModel(keras.Model):
         sample_shape: `x_t` shape without batch, only for denoisers that do not
             declare it (Functional inputs, `image_shape` or `latent_shape`).
         seed: seed of the training noise `SeedGenerator`.
+        text_encoder: None, or (text-to-image) a kzoo `TextEncoder` (any
+            keras.Model mapping token ids `(B, T)` to `{"sequence", "pooled"}`),
+            trained jointly with the denoiser; pass one with `trainable=False`
+            (e.g. a trained `DualEncoder.text_encoder`) to keep it frozen. The
+            denoiser must take `[x_t, t, context, context_mask, pooled]`
+            (`UNet` / `DiT` with `context_dim`); needs `num_classes=None`.
+        tokenizer: with `text_encoder`: a `kzoo.data.tokenizer.Tokenizer` or a dict
+            of its arguments (`{"vocabulary": "kzoo_shapes", "sequence_length": 16}`).
+            Captions longer than its `sequence_length` are truncated.
+        caption_dropout_prob: probability in `[0, 1)` of training on the empty
+            caption (the null condition of classifier-free guidance).
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -194,6 +266,15 @@ class DiffusionModel(keras.Model):
     model.compile(optimizer=keras.optimizers.AdamW(2e-4, use_ema=True))
     model.fit(dataset_of_images_and_labels, epochs=10)
     images = model.generate(labels=[0, 1, 2], num_steps=50, guidance_scale=3.0)
+
+    text_unet = kzoo.models.UNet(image_shape=(32, 32, 3), context_dim=32)
+    text_model = kzoo.diffusion.DiffusionModel(
+        text_unet,
+        text_encoder=kzoo.models.TextEncoder(33, 16, hidden_dim=32),
+        tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": 16},
+    )
+    text_model.fit(dataset_of_images_and_captions)  # captions: tf.string or token ids
+    images = text_model.generate_from_text(["a large red circle"], guidance_scale=3.0)
     ```
     """
 
@@ -212,6 +293,9 @@ class DiffusionModel(keras.Model):
         export_sampler="ddim",
         sample_shape=None,
         seed=None,
+        text_encoder=None,
+        tokenizer=None,
+        caption_dropout_prob=0.1,
         **kwargs,
     ):
         kwargs.setdefault("name", "diffusion_model")
@@ -251,6 +335,11 @@ class DiffusionModel(keras.Model):
             )
         if seed is not None and not _is_int(seed):
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
+        if not _is_number(caption_dropout_prob) or not 0.0 <= caption_dropout_prob < 1.0:
+            raise ValueError(
+                "`caption_dropout_prob` must be a number in [0, 1). "
+                f"Received: caption_dropout_prob={caption_dropout_prob!r}"
+            )
         if latent_scale is not None:
             if autoencoder is None:
                 raise ValueError(
@@ -282,11 +371,15 @@ class DiffusionModel(keras.Model):
         self.max_generate_batch = int(max_generate_batch)
         self.export_sampler = export_sampler
         self.seed = seed
+        self.caption_dropout_prob = float(caption_dropout_prob)
         self._latent_scale_config = None if latent_scale is None else float(latent_scale)
         self._sample_shape_config = sample_shape
 
         # === Layers ===
         self.denoiser = denoiser
+        self.tokenizer, self.text_encoder = _check_text_conditioning(
+            text_encoder, tokenizer, num_classes
+        )
         self.autoencoder = self._check_autoencoder(autoencoder)
         self.sample_shape = self._resolve_sample_shape(denoiser, sample_shape)
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -378,12 +471,14 @@ class DiffusionModel(keras.Model):
         zeros = ops.zeros((1, *self.sample_shape), "float32")
         timesteps = ops.zeros((1,), "int32")
         labels = None if self.num_classes is None else ops.full((1,), self.num_classes, "int32")
+        if self.text_conditional:
+            labels = ops.zeros((1, self.tokenizer.sequence_length), "int32")  # empty caption
         try:
             output = self._denoise(zeros, timesteps, labels, training=False)
         except Exception as error:
             raise ValueError(
                 f"`denoiser` failed on a zeros batch x_t of shape {(1, *self.sample_shape)} "
-                f"with timesteps (1,) and labels {None if labels is None else '(1,)'} "
+                f"with timesteps (1,) and labels {None if labels is None else tuple(labels.shape)} "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
                 f"Received: denoiser={self.denoiser.name!r} with num_classes={self.num_classes}"
             ) from None
@@ -406,13 +501,53 @@ class DiffusionModel(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    @property
+    def text_conditional(self):
+        """True for a text-to-image model (built with a `text_encoder`)."""
+        return self.text_encoder is not None
+
     # === Forward ===
     def _denoise(self, x_t, timesteps, labels, training):
-        inputs = [x_t, timesteps] if self.num_classes is None else [x_t, timesteps, labels]
+        if self.text_conditional:
+            # `labels` are token ids (encoded here, inside the training tape) or an
+            # already encoded text condition (the sampling loop encodes once).
+            text = labels if isinstance(labels, dict) else self.encode_text(labels, training)
+            inputs = [x_t, timesteps, text["context"], text["context_mask"], text["pooled"]]
+        elif self.num_classes is None:
+            inputs = [x_t, timesteps]
+        else:
+            inputs = [x_t, timesteps, labels]
         return ops.cast(self.denoiser(inputs, training=training), "float32")
 
+    def encode_text(self, token_ids, training=False):
+        """The text condition of token ids `(B, T)`: `{"context", "context_mask", "pooled"}`.
+
+        `context` float32 `(B, T, D)` (the text encoder's `sequence`), `context_mask`
+        int32 `(B, T)` (1 for real tokens) and `pooled` float32 `(B, D)`. The empty
+        caption (all `[PAD]`) is the null condition of classifier-free guidance.
+        """
+        token_ids = ops.cast(token_ids, "int32")
+        encoded = self.text_encoder(token_ids, training=training)
+        return {
+            "context": ops.cast(encoded["sequence"], "float32"),
+            "context_mask": ops.cast(ops.not_equal(token_ids, 0), "int32"),
+            "pooled": ops.cast(encoded["pooled"], "float32"),
+        }
+
+    def tokenize(self, captions):
+        """int32 token ids `(B, T)` of a batch of strings; long captions are truncated."""
+        if not self.text_conditional:
+            raise ValueError(
+                "`tokenize` needs a text-to-image model (built with `text_encoder` and "
+                "`tokenizer`). Received: a model with text_encoder=None"
+            )
+        return self.tokenizer(captions)
+
     def call(self, inputs, training=False):
-        """The denoiser's prediction for `[x_t, t(, labels)]` (float32)."""
+        """The denoiser's prediction for `[x_t, t(, labels)]` (float32).
+
+        Text-to-image models take `[x_t, t, token_ids]`.
+        """
         inputs = list(inputs)
         labels = inputs[2] if len(inputs) > 2 else None
         return self._denoise(inputs[0], inputs[1], labels, training=training)
@@ -464,6 +599,8 @@ class DiffusionModel(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if labels is None and isinstance(images, list | tuple) and len(images) == 2:
             images, labels = images
+        if self.text_conditional:
+            return images, self._caption_ids(labels)
         if self.num_classes is None and labels is not None:
             raise ValueError(
                 "Got (images, labels) batches but the model is unconditional "
@@ -478,6 +615,22 @@ class DiffusionModel(keras.Model):
         if labels is not None:
             labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         return images, labels
+
+    def _caption_ids(self, captions):
+        if captions is None:
+            raise ValueError(
+                "A text-to-image model trains on (images, captions) batches. "
+                "Received: batches of images only"
+            )
+        dtype = keras.backend.standardize_dtype(captions.dtype)
+        if dtype == "string":
+            return self.tokenizer(captions)
+        if "int" not in dtype or len(captions.shape) != 2:
+            raise ValueError(
+                "Captions must be strings `(B,)` or int token ids `(B, T)`. "
+                f"Received: captions of dtype {dtype} and shape {tuple(captions.shape)}"
+            )
+        return ops.cast(captions, "int32")
 
     def _noised_batch(self, data, training):
         """`(x_t, t, labels, target)` of one batch: the diffusion forward process."""
@@ -494,7 +647,10 @@ class DiffusionModel(keras.Model):
         )
         noise = keras.random.normal(ops.shape(x0), dtype="float32", seed=self.seed_generator)
         x_t = add_noise(self.schedule, x0, noise, timesteps)
-        if labels is not None and training and self.class_dropout_prob > 0:
+        if self.text_conditional and training and self.caption_dropout_prob > 0:
+            # The empty caption (all [PAD]) is the null condition.
+            labels = drop_labels(labels, self.caption_dropout_prob, 0, seed=self.seed_generator)
+        elif labels is not None and training and self.class_dropout_prob > 0:
             labels = drop_labels(
                 labels, self.class_dropout_prob, self.num_classes, seed=self.seed_generator
             )
@@ -568,29 +724,53 @@ class DiffusionModel(keras.Model):
     def _generate_graph(self, sampler, noise, labels, num_steps, guidance_scale, seed):
         """The whole sampling loop (one `fori_loop`) and the decode, as tensors."""
         denoiser = self._sampling_denoiser
+        conditioning = None if labels is None else ops.cast(labels, "int32")
+        null_conditioning = self.num_classes
+        if self.text_conditional:
+            # Encode once, outside the loop; the null condition is the empty caption.
+            conditioning = self.encode_text(conditioning)
+            empty = ops.zeros((1, self.tokenizer.sequence_length), "int32")
+            null_conditioning = self.encode_text(empty)
         if guidance_scale is not None:
-            denoiser = guided_denoiser(denoiser, None, null_conditioning=self.num_classes)
+            denoiser = guided_denoiser(denoiser, None, null_conditioning=null_conditioning)
             guidance_scale = ops.cast(guidance_scale, "float32")
         x = sample(
             denoiser,
             sampler,
             ops.cast(noise, "float32"),
             num_steps,
-            conditioning=None if labels is None else ops.cast(labels, "int32"),
+            conditioning=conditioning,
             guidance_scale=guidance_scale,
             seed=seed,
         )
         return self._decode(x)
 
+    def _text_generate_graph(self, sampler, token_ids, num_steps, guidance_scale, seed):
+        """`_generate_graph` with the initial noise drawn in the graph from `seed`."""
+        tf = _tensorflow()
+        batch = tf.shape(token_ids)[0]
+        noise = tf.random.stateless_normal(
+            tf.concat([[batch], tf.constant(self.sample_shape, tf.int32)], axis=0),
+            seed=tf.stack([tf.cast(seed, tf.int32), _TEXT_NOISE_STREAM]),
+        )
+        return self._generate_graph(sampler, noise, token_ids, num_steps, guidance_scale, seed)
+
     def _check_guidance(self, guidance_scale):
         if guidance_scale is None:
             return None
-        if self.num_classes is None:
+        if self.text_conditional:
+            if self.caption_dropout_prob == 0:
+                raise ValueError(
+                    "`guidance_scale` needs a null (empty) caption trained with "
+                    "caption_dropout_prob > 0; this model has caption_dropout_prob=0. "
+                    f"Received: guidance_scale={guidance_scale!r}"
+                )
+        elif self.num_classes is None:
             raise ValueError(
                 "`guidance_scale` needs a class-conditional model with a trained null class; "
                 f"this model has num_classes=None. Received: guidance_scale={guidance_scale!r}"
             )
-        if self.class_dropout_prob == 0:
+        elif self.class_dropout_prob == 0:
             raise ValueError(
                 "`guidance_scale` needs a null class trained with class_dropout_prob > 0; "
                 f"this model has class_dropout_prob=0. Received: guidance_scale={guidance_scale!r}"
@@ -696,7 +876,29 @@ class DiffusionModel(keras.Model):
         images = model.generate(labels=[0, 0, 5], num_steps=20, sampler="dpmpp_2m",
                                 guidance_scale=3.0, seed=1)
         ```
+
+        Text-to-image models: `labels` are not accepted and `num_images` images of
+        the empty caption (unconditional samples) are drawn; use
+        `generate_from_text` for captions.
         """
+        if self.text_conditional:
+            if labels is not None:
+                raise ValueError(
+                    "A text-to-image model takes captions, not `labels`: call "
+                    f"`generate_from_text(captions, ...)`. Received: labels={labels!r}"
+                )
+            if not _is_int(num_images) or num_images < 1:
+                raise ValueError(
+                    f"`num_images` must be an integer >= 1. Received: num_images={num_images!r}"
+                )
+            return self.generate_from_text(
+                [""] * num_images,
+                num_steps=num_steps,
+                sampler=sampler,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                jit_compile=jit_compile,
+            )
         num_images, labels = self._check_labels(num_images, labels)
         num_steps = self._check_num_steps(num_steps)
         guidance_scale = self._check_guidance(guidance_scale)
@@ -722,7 +924,135 @@ class DiffusionModel(keras.Model):
             chunks.append(np.asarray(ops.convert_to_numpy(images)))
         return np.concatenate(chunks, axis=0)
 
+    def _check_captions(self, captions):
+        if not self.text_conditional:
+            raise ValueError(
+                "`generate_from_text` needs a text-to-image model (built with `text_encoder` "
+                "and `tokenizer`); use `generate`. Received: a model with text_encoder=None"
+            )
+        if isinstance(captions, str | bytes):
+            raise ValueError(
+                "`captions` must be a batch of strings; wrap one caption in a list. "
+                f"Received: captions={captions!r}"
+            )
+        if isinstance(captions, np.ndarray) and captions.dtype.kind in "OUS":
+            captions = captions.tolist()
+        if (
+            not isinstance(captions, list | tuple)
+            or not captions
+            or not all(isinstance(c, str | bytes) for c in captions)
+        ):
+            raise ValueError(
+                "`captions` must be a non-empty list of strings (empty strings are allowed: "
+                f"unconditional samples). Received: captions={captions!r}"
+            )
+        return [c.decode("utf-8") if isinstance(c, bytes) else c for c in captions]
+
+    def generate_from_text(
+        self,
+        captions,
+        num_steps=50,
+        sampler="ddim",
+        guidance_scale=None,
+        seed=0,
+        jit_compile=False,
+    ):
+        """Sample one image per caption; tokenizer, text encoder and loop run as one graph.
+
+        The initial noise is drawn in the graph from `seed` (stateless), so the
+        exported `generate_from_text` endpoint returns the same images for the same
+        request. Batches above `max_generate_batch` run in chunks (chunk `i` uses
+        seed `seed + i`).
+
+        Args:
+            captions: a list (or 1-D NumPy array) of strings. The empty string is
+                the null condition (an unconditional sample); words past the
+                tokenizer's `sequence_length` are dropped (truncation keeps the
+                first words); words outside the vocabulary become `[UNK]`.
+            num_steps: sampler steps, in `[1, num_train_timesteps]`.
+            sampler: `"ddim"`, `"ddpm"`, `"dpmpp_2m"`, `"euler"`, `"heun"` or a
+                `Sampler` built with the model's schedule and prediction type.
+            guidance_scale: None (conditional sampling) or the classifier-free
+                guidance scale `w` (1: conditional, 0: unconditional, > 1:
+                stronger); needs `caption_dropout_prob > 0`.
+            seed: int seed of the initial noise and of stochastic samplers.
+            jit_compile: compile the loop with XLA (tokenization stays outside).
+
+        Returns:
+            float32 NumPy images `(len(captions), *image_shape)` in [-1, 1].
+
+        Example:
+        ```python
+        images = model.generate_from_text(
+            ["a large red circle at the center on a white background"],
+            num_steps=20, guidance_scale=3.0)
+        ```
+        """
+        captions = self._check_captions(captions)
+        num_steps = self._check_num_steps(num_steps)
+        guidance_scale = self._check_guidance(guidance_scale)
+        if not _is_int(seed):
+            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        sampler = self._get_sampler(sampler)
+        key = ("text", id(sampler), guidance_scale is not None, bool(jit_compile))
+        functions = self._cache.generate_functions
+        if key not in functions:
+
+            def fn(token_ids, num_steps, guidance_scale, seed):
+                return self._text_generate_graph(
+                    sampler, token_ids, num_steps, guidance_scale, seed
+                )
+
+            tf = _tensorflow()
+            functions[key] = tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+        # Strings stay out of the (possibly XLA-compiled) loop: tokenize first.
+        token_ids = np.asarray(ops.convert_to_numpy(self.tokenizer(captions)))
+        chunks = []
+        for index, start in enumerate(range(0, len(captions), self.max_generate_batch)):
+            images = functions[key](
+                token_ids[start : start + self.max_generate_batch],
+                np.int32(num_steps),
+                None if guidance_scale is None else np.float32(guidance_scale),
+                np.int32((seed + index) % (2**31 - 1)),
+            )
+            chunks.append(np.asarray(ops.convert_to_numpy(images)))
+        return np.concatenate(chunks, axis=0)
+
     # === Export ===
+    def _text_export_endpoints(self, sampler):
+        """`generate_from_text` and `denoise` of a text-to-image model (see export_endpoints)."""
+        tf = _tensorflow()
+        sample_spec = (None, *self.sample_shape)
+        length = self.tokenizer.sequence_length
+        specs = [
+            keras.InputSpec(shape=(None,), dtype="string", name="captions"),
+            keras.InputSpec(shape=(), dtype="int32", name="num_steps"),
+            keras.InputSpec(shape=(), dtype="float32", name="guidance_scale"),
+            keras.InputSpec(shape=(), dtype="int32", name="seed"),
+        ]
+
+        def generate_from_text(captions, num_steps, guidance_scale, seed):
+            # Signatures check dtypes, not ranks: a scalar string would fail deep inside.
+            captions = tf.ensure_shape(captions, (None,))
+            token_ids = self.tokenizer(captions)
+            images = self._text_generate_graph(sampler, token_ids, num_steps, guidance_scale, seed)
+            return {"images": images}
+
+        limits = {"num_steps": (1, self.max_generate_steps), "batch": self.max_generate_batch}
+        denoise_specs = [
+            keras.InputSpec(shape=sample_spec, dtype="float32", name="x_t"),
+            keras.InputSpec(shape=(None,), dtype="float32", name="timesteps"),
+            keras.InputSpec(shape=(None, length), dtype="int32", name="token_ids"),
+        ]
+
+        def denoise(x_t, timesteps, token_ids):
+            return {"prediction": self._denoise(x_t, timesteps, token_ids, training=False)}
+
+        return {
+            "generate_from_text": (generate_from_text, specs, limits),
+            "denoise": (denoise, denoise_specs),
+        }
+
     def export_endpoints(self):
         """Serving signatures `generate` (default) and `denoise`, with request limits.
 
@@ -748,12 +1078,26 @@ class DiffusionModel(keras.Model):
         a LiteRT `generate` does not enforce the limits, and `num_steps` is clamped
         to `[1, num_train_timesteps]` by the sampler instead.
 
+        Text-to-image models export `generate_from_text` (default) and `denoise`
+        instead. `generate_from_text` inputs: `captions` `tf.string` `(None,)`,
+        `num_steps` int32 `()`, `guidance_scale` float32 `()` (`1.0`: plain
+        conditional sampling; `0.0`: unconditional), `seed` int32 `()` (the initial
+        noise is drawn inside from it). Output `images` float32 `(None,
+        *image_shape)`. Tokenizer, text encoder and the whole `export_sampler` loop
+        run inside; empty captions give unconditional samples, captions longer than
+        the tokenizer's `sequence_length` are truncated (first words kept), unknown
+        words become `[UNK]`. The same `num_steps` and batch limits apply.
+        `denoise` takes `token_ids` int32 `(None, sequence_length)` in place of
+        `labels`. Strings are not LiteRT builtins: SavedModel only.
+
         Returns:
             `{name: (fn, input_specs, limits)}` (see `kzoo.export`).
         """
         sampler = make_sampler(
             self.export_sampler, self.schedule, prediction_type=self.prediction_type
         )
+        if self.text_conditional:
+            return self._text_export_endpoints(sampler)
         conditional = self.num_classes is not None
         sample_spec = (None, *self.sample_shape)
         specs = {
@@ -810,6 +1154,8 @@ class DiffusionModel(keras.Model):
         rng = np.random.default_rng(0)
         shape = (PARITY_BATCH_SIZE, *self.sample_shape)
         total = self.schedule.num_train_timesteps
+        if self.text_conditional:
+            return self._text_parity_batch(rng, shape, total)
         generate = {
             "noise": rng.standard_normal(shape).astype(np.float32),
             "num_steps": np.int32(min(PARITY_NUM_STEPS, self.max_generate_steps)),
@@ -825,8 +1171,40 @@ class DiffusionModel(keras.Model):
             denoise["labels"] = np.array([0, self.num_classes], np.int32)
         return {"generate": generate, "denoise": denoise}
 
+    def _text_parity_batch(self, rng, shape, total):
+        """Captions with an empty and an over-long one (batch capped at `max_generate_batch`)."""
+        captions = np.array(
+            [
+                "a small red circle at the top left on a blue background",
+                "",
+                " ".join(["a large white square"] * 10),
+            ][: self.max_generate_batch],
+            dtype=np.bytes_,  # bytes load without pickling in the parity runner
+        )
+        token_ids = ops.convert_to_numpy(self.tokenizer(captions[:PARITY_BATCH_SIZE].tolist()))
+        return {
+            "generate_from_text": {
+                "captions": captions,
+                "num_steps": np.int32(min(PARITY_NUM_STEPS, self.max_generate_steps)),
+                "guidance_scale": np.float32(PARITY_GUIDANCE_SCALE),
+                "seed": np.int32(0),
+            },
+            "denoise": {
+                "x_t": rng.standard_normal(shape).astype(np.float32),
+                "timesteps": np.array([0.25 * (total - 1), 0.75 * (total - 1)], np.float32),
+                "token_ids": np.asarray(token_ids, np.int32)[: shape[0]],
+            },
+        }
+
     # === Config ===
     def get_config(self):
+        text = {}
+        if self.text_conditional:
+            text = {
+                "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
+                "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
+                "caption_dropout_prob": self.caption_dropout_prob,
+            }
         return {
             "name": self.name,
             "trainable": self.trainable,
@@ -847,6 +1225,7 @@ class DiffusionModel(keras.Model):
             "export_sampler": self.export_sampler,
             "sample_shape": self._sample_shape_config,
             "seed": self.seed,
+            **text,
         }
 
     @classmethod
@@ -855,6 +1234,10 @@ class DiffusionModel(keras.Model):
         config["denoiser"] = keras.saving.deserialize_keras_object(config["denoiser"])
         if config.get("autoencoder") is not None:
             config["autoencoder"] = keras.saving.deserialize_keras_object(config["autoencoder"])
+        if isinstance(config.get("text_encoder"), dict):
+            config["text_encoder"] = keras.saving.deserialize_keras_object(config["text_encoder"])
+        # A serialized `tokenizer` is deserialized by the constructor, after it has
+        # imported (and so registered) `kzoo.data.tokenizer`.
         if isinstance(config.get("sample_shape"), list):
             config["sample_shape"] = tuple(config["sample_shape"])
         return cls(**config)

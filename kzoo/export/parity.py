@@ -199,7 +199,9 @@ def _check_given(signature, endpoint, given):
                 f"`parity_batch[{signature!r}][{spec.name!r}]` must be {expected.name}. "
                 f"Received: dtype={value.dtype.name}"
             )
-        arrays[spec.name] = value.astype(expected)
+        # Strings stay fixed-width bytes (not object arrays): the fresh-process
+        # runner loads its inputs without pickling.
+        arrays[spec.name] = value.astype(np.bytes_ if spec.dtype.name == "string" else expected)
     return arrays
 
 

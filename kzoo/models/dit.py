@@ -18,12 +18,18 @@ from keras import ops
 from kzoo.layers import (
     AdaLNFinalLayer,
     AdaLNZeroBlock,
+    CrossAttention,
     PatchEmbedding,
     SinCosPositionEmbedding2D,
     SinusoidalTimestepEmbedding,
 )
 from kzoo.layers.embeddings import _check_positive_int
-from kzoo.models.unet import _check_int_tuple, standardize_denoiser_inputs
+from kzoo.models.unet import (
+    _check_context_dim,
+    _check_int_tuple,
+    context_inputs,
+    standardize_denoiser_inputs,
+)
 
 # DiT paper, Table 1: model sizes; the suffix is the patch size.
 _DIT_WIDTHS = {
@@ -67,6 +73,13 @@ class DiT(keras.Model):
             the training wrapper should apply (kept here as model metadata; the
             model itself never drops labels, but always has the null row).
         learn_sigma: also predict the variance (output channels doubled).
+        context_dim: None, or the width of text conditioning (needs
+            `num_classes=None`): the model then takes `[x_t, t, context,
+            context_mask, pooled]` (see `kzoo.models.unet.context_inputs`), a
+            cross-attention layer to `context` follows every adaLN-Zero block
+            (PixArt-alpha's text conditioning, Chen et al. 2023,
+            https://arxiv.org/abs/2310.00426, Sec. 2.3), and a projection of
+            `pooled` is added to `c` in place of the class embedding.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -87,9 +100,11 @@ class DiT(keras.Model):
         num_classes=1000,
         class_dropout_prob=0.1,
         learn_sigma=False,
+        context_dim=None,
         **kwargs,
     ):
         input_shape = _check_int_tuple(input_shape, "input_shape", length=3)
+        _check_context_dim(context_dim, num_classes)
         _check_positive_int(patch_size, "patch_size")
         _check_positive_int(hidden_size, "hidden_size")
         _check_positive_int(depth, "depth")
@@ -153,8 +168,22 @@ class DiT(keras.Model):
                 num_classes + 1, hidden_size, embeddings_initializer=init, name="class_embedding"
             )
             conditioning = conditioning + class_embedding(labels)
-        for block in blocks:
+        cross_attentions = [None] * depth
+        if context_dim is not None:
+            context, context_mask, pooled = context_inputs(context_dim)
+            inputs += [context, context_mask, pooled]
+            pooled_embedding = keras.layers.Dense(
+                hidden_size, kernel_initializer=init, name="pooled_embedding"
+            )
+            conditioning = conditioning + pooled_embedding(pooled)
+            cross_attentions = [
+                CrossAttention(num_heads, layer_norm_epsilon=1e-6, name=f"cross_attn{i}")
+                for i in range(depth)
+            ]
+        for block, cross_attention in zip(blocks, cross_attentions, strict=True):
             tokens = block(tokens, conditioning)
+            if cross_attention is not None:
+                tokens = cross_attention(tokens, context, context_mask=context_mask)
         tokens = final_layer(tokens, conditioning)  # (B, N, p*p*C_out)
         # Unpatchify: (B, h*w, p*p*C) -> (B, h, p, w, p, C) -> (B, H, W, C), as DiT's
         # einsum("nhwpqc->nchpwq") in NHWC.
@@ -178,6 +207,7 @@ class DiT(keras.Model):
         self.num_classes = num_classes
         self.class_dropout_prob = class_dropout_prob
         self.learn_sigma = learn_sigma
+        self.context_dim = context_dim
 
     @classmethod
     def from_size(cls, size, **kwargs):
@@ -193,7 +223,9 @@ class DiT(keras.Model):
         return cls(**{**DIT_SIZES[size], **kwargs})
 
     def __call__(self, inputs, *args, **kwargs):
-        inputs = standardize_denoiser_inputs(inputs, self.num_classes, self.name)
+        inputs = standardize_denoiser_inputs(
+            inputs, self.num_classes, self.name, context_dim=self.context_dim
+        )
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
@@ -209,6 +241,7 @@ class DiT(keras.Model):
             "num_classes": self.num_classes,
             "class_dropout_prob": self.class_dropout_prob,
             "learn_sigma": self.learn_sigma,
+            **({} if self.context_dim is None else {"context_dim": self.context_dim}),
         }
 
     @classmethod

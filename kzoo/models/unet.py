@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from kzoo.layers import (
+    CrossAttention,
     Downsample,
     GroupNorm,
     ResBlock,
@@ -55,6 +56,10 @@ class UNet(keras.Model):
         dropout: dropout rate inside the residual blocks.
         num_heads: attention heads (must divide the channels where attention runs).
         mid_attention: self-attention between the two middle residual blocks.
+        context_dim: None, or the width of text conditioning: the model then takes
+            `[x_t, t, context, context_mask, pooled]` (see `context_inputs`), runs
+            cross-attention to `context` after every self-attention, and adds a
+            projection of `pooled` to the time embedding. Excludes `num_classes`.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -63,6 +68,8 @@ class UNet(keras.Model):
     eps = unet([x_t, t, labels])  # (B, 32, 32, 3) float32
     unet.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="mse")
     unet.fit([x_t, t, labels], noise, batch_size=32)
+    text_unet = kzoo.models.UNet(image_shape=(32, 32, 3), context_dim=64)
+    eps = text_unet([x_t, t, text["sequence"], token_ids != 0, text["pooled"]])
     ```
     """
 
@@ -78,9 +85,11 @@ class UNet(keras.Model):
         dropout=0.0,
         num_heads=1,
         mid_attention=True,
+        context_dim=None,
         **kwargs,
     ):
         image_shape = _check_int_tuple(image_shape, "image_shape", length=3)
+        _check_context_dim(context_dim, num_classes)
         channels = _check_int_tuple(channels, "channels")
         attention_resolutions = _check_int_tuple(
             attention_resolutions, "attention_resolutions", allow_empty=True
@@ -143,9 +152,25 @@ class UNet(keras.Model):
             labels = keras.Input((), dtype="int32", name="labels")
             inputs.append(labels)
             embedding = embedding + class_embedding(labels)
+        context = context_mask = None
+        if context_dim is not None:
+            context, context_mask, pooled = context_inputs(context_dim)
+            inputs += [context, context_mask, pooled]
+            # The pooled text vector joins the time embedding (as SDXL's pooled
+            # text embedding); the tokens enter by cross-attention.
+            embedding = embedding + keras.layers.Dense(time_embedding_dim, name="pooled_embedding")(
+                pooled
+            )
 
         def attention(x, name):
-            return SpatialSelfAttention(groups, num_heads, name=name)(x)
+            x = SpatialSelfAttention(groups, num_heads, name=name)(x)
+            if context is not None:
+                # Text conditioning at every self-attention site (latent diffusion's
+                # SpatialTransformer: self-attention, then cross-attention).
+                x = CrossAttention(num_heads, name=name.replace("attn", "cross_attn"))(
+                    x, context, context_mask=context_mask
+                )
+            return x
 
         x = keras.layers.Conv2D(channels[0], 3, padding="same", name="conv_in")(images)
         skips = [x]
@@ -199,9 +224,12 @@ class UNet(keras.Model):
         self.dropout = dropout
         self.num_heads = num_heads
         self.mid_attention = mid_attention
+        self.context_dim = context_dim
 
     def __call__(self, inputs, *args, **kwargs):
-        inputs = standardize_denoiser_inputs(inputs, self.num_classes, self.name)
+        inputs = standardize_denoiser_inputs(
+            inputs, self.num_classes, self.name, context_dim=self.context_dim
+        )
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
@@ -218,6 +246,7 @@ class UNet(keras.Model):
             "dropout": self.dropout,
             "num_heads": self.num_heads,
             "mid_attention": self.mid_attention,
+            **({} if self.context_dim is None else {"context_dim": self.context_dim}),
         }
 
     @classmethod
@@ -225,12 +254,57 @@ class UNet(keras.Model):
         return cls(**config)
 
 
-def standardize_denoiser_inputs(inputs, num_classes, model_name):
+TEXT_INPUTS = ("context", "context_mask", "pooled")
+
+
+def context_inputs(context_dim):
+    """The text-conditioning inputs of a denoiser built with `context_dim`.
+
+    `context` `(B, T, context_dim)` float: the text encoder's token states;
+    `context_mask` `(B, T)` int32, nonzero where the token is real (padding is
+    never attended; an all-padding row, the empty caption, gets zero attention);
+    `pooled` `(B, context_dim)` float: the pooled text vector.
+    """
+    return (
+        keras.Input((None, context_dim), name="context"),
+        keras.Input((None,), dtype="int32", name="context_mask"),
+        keras.Input((context_dim,), name="pooled"),
+    )
+
+
+def _check_context_dim(context_dim, num_classes):
+    if context_dim is None:
+        return
+    _check_positive_int(context_dim, "context_dim")
+    if num_classes is not None:
+        raise ValueError(
+            "A denoiser is conditioned on classes or on text, not both: pass "
+            f"num_classes=None with context_dim={context_dim}. "
+            f"Received: num_classes={num_classes!r}"
+        )
+
+
+def standardize_denoiser_inputs(inputs, num_classes, model_name, context_dim=None):
     """Check `[x_t, t(, labels)]` against `num_classes`; a trailing `None` label is dropped.
 
     Keras' own error for a wrong number of inputs does not say why; this one
     names `labels` and `num_classes`. Dict inputs (keyed by input name) pass through.
+    A text-conditioned denoiser (`context_dim` set) takes
+    `[x_t, t, context, context_mask, pooled]` (see `context_inputs`).
     """
+    if context_dim is not None and not isinstance(inputs, dict):
+        if (
+            not isinstance(inputs, list | tuple)
+            or len(inputs) != 5
+            or any(i is None for i in inputs)
+        ):
+            count = len(inputs) if isinstance(inputs, list | tuple) else type(inputs).__name__
+            raise ValueError(
+                f"{model_name} was built with context_dim={context_dim} (text-conditioned) and "
+                "takes [x_t, timesteps, context, context_mask, pooled]. "
+                f"Received: {count} inputs"
+            )
+        return list(inputs)
     if isinstance(inputs, dict):
         if "labels" in inputs and num_classes is None:
             raise ValueError(

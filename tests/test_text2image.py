@@ -1,0 +1,321 @@
+"""Text-to-image DiffusionModel: text-conditioned UNet/DiT, caption dropout, guidance,
+.keras round trip, the SavedModel `generate_from_text` endpoint, bad input, a short fit."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kzoo.data.tokenizer import Tokenizer
+from kzoo.diffusion import DiffusionModel
+from kzoo.export import _core, export_all
+from kzoo.models import DiT, TextEncoder, UNet
+
+SHAPE = (16, 16, 3)
+LENGTH = 8  # tokens: shorter than a kzoo_shapes caption (12 words), so those truncate
+WIDTH = 16
+MAX_STEPS = 8
+MAX_BATCH = 4
+CAPTIONS = [
+    "a small red circle at the top left on a blue background",
+    "a large green square at the center on a white background",
+]
+LONG_CAPTION = " ".join(["a large white square"] * 10)
+
+
+def make_unet(context_dim=WIDTH, **overrides):
+    args = dict(
+        image_shape=SHAPE,
+        channels=(8, 16),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        norm_groups=4,
+        time_embedding_dim=16,
+        mid_attention=False,
+        context_dim=context_dim,
+    )
+    return UNet(**{**args, **overrides})
+
+
+def make_model(denoiser=None, text_encoder=None, tokenizer=None, **overrides):
+    tokenizer = tokenizer or {"vocabulary": "kzoo_shapes", "sequence_length": LENGTH}
+    if text_encoder is None:
+        size = Tokenizer("kzoo_shapes").vocabulary_size
+        text_encoder = TextEncoder(size, LENGTH, hidden_dim=WIDTH, num_layers=1, num_heads=2)
+    args = dict(
+        schedule={"name": "linear", "num_train_timesteps": 100},
+        prediction_type="v",
+        max_generate_steps=MAX_STEPS,
+        max_generate_batch=MAX_BATCH,
+        seed=0,
+        name="tiny_text2image",
+    )
+    return DiffusionModel(
+        denoiser or make_unet(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        **{**args, **overrides},
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return make_model()
+
+
+def randomize_zero_weights(layer, seed=0):
+    """A fresh DiT predicts exactly zero (adaLN-Zero): give its zero kernels values."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        value = np.asarray(weight)
+        if weight.trainable and not np.any(value):
+            weight.assign(0.1 * rng.standard_normal(value.shape).astype(value.dtype))
+
+
+def test_text_conditioned_denoisers_attend_to_real_tokens_only():
+    rng = np.random.default_rng(0)
+    x_t = rng.standard_normal((2, *SHAPE)).astype("float32")
+    timesteps = np.array([10.0, 60.0], np.float32)
+    context = rng.standard_normal((2, 5, WIDTH)).astype("float32")
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+    pooled = rng.standard_normal((2, WIDTH)).astype("float32")
+    dit = DiT(SHAPE, patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=None,
+              context_dim=WIDTH)  # fmt: skip
+    randomize_zero_weights(dit)
+    for denoiser in (make_unet(), dit):
+        output = denoiser([x_t, timesteps, context, mask, pooled])
+        assert output.shape == (2, *SHAPE) and output.dtype == "float32"
+        # Padded tokens never matter; real tokens and the pooled vector do.
+        padded = context.copy()
+        padded[0, 2:] = 100.0
+        np.testing.assert_allclose(
+            denoiser([x_t, timesteps, padded, mask, pooled])[0], output[0], atol=1e-5
+        )
+        changed = context.copy()
+        changed[0, 0] += 1.0
+        assert np.abs(denoiser([x_t, timesteps, changed, mask, pooled])[0] - output[0]).max() > 1e-4
+        assert np.abs(denoiser([x_t, timesteps, context, mask, -pooled]) - output).max() > 1e-4
+        # Config round trip; unconditional configs stay as they were (no `context_dim`).
+        rebuilt = type(denoiser).from_config(denoiser.get_config())
+        assert rebuilt.context_dim == WIDTH and rebuilt.count_params() == denoiser.count_params()
+    assert "context_dim" not in make_unet(context_dim=None).get_config()
+    plain_dit = DiT(SHAPE, patch_size=4, hidden_size=16, depth=1, num_heads=2)
+    assert "context_dim" not in plain_dit.get_config()
+
+
+def test_caption_changes_the_prediction_and_captions_are_tokenized_in_the_graph(model):
+    ids = np.asarray(model.tokenize([*CAPTIONS, "", LONG_CAPTION]))
+    assert ids.shape == (4, LENGTH) and ids.dtype == np.int32
+    np.testing.assert_array_equal(ids[2], 0)  # empty caption: padding only
+    assert np.all(ids[3] > 0)  # truncated to LENGTH words
+    x_t = np.random.default_rng(1).standard_normal((2, *SHAPE)).astype("float32")
+    timesteps = np.array([30.0, 30.0], np.float32)
+    first = np.asarray(model([x_t, timesteps, ids[[0, 0]]]))
+    second = np.asarray(model([x_t, timesteps, ids[[0, 1]]]))
+    np.testing.assert_allclose(first[0], second[0], atol=1e-6)
+    assert np.abs(first[1] - second[1]).max() > 1e-3
+
+
+def test_caption_dropout_replaces_captions_by_the_empty_caption(model):
+    dropping = make_model(caption_dropout_prob=0.5)
+    images = np.zeros((400, *SHAPE), np.float32)
+    captions = tf.constant([CAPTIONS[i % 2] for i in range(400)])
+    tokens = np.asarray(dropping.tokenize(captions))
+    _, _, dropped, _ = dropping._noised_batch((images, captions), training=True)
+    dropped = np.asarray(dropped)
+    is_null = np.all(dropped == 0, axis=1)
+    assert abs(is_null.mean() - 0.5) < 0.08
+    np.testing.assert_array_equal(dropped[~is_null], tokens[~is_null])
+    _, _, kept, _ = dropping._noised_batch((images, captions), training=False)
+    np.testing.assert_array_equal(np.asarray(kept), tokens)
+    # The dropped caption encodes exactly as the empty string: the guidance null condition.
+    null = model.encode_text(np.zeros((1, LENGTH), np.int32))
+    empty = model.encode_text(model.tokenize([""]))
+    for key in ("context_mask", "pooled"):
+        np.testing.assert_array_equal(np.asarray(null[key]), np.asarray(empty[key]))
+    np.testing.assert_array_equal(np.asarray(null["pooled"]), 0.0)
+
+
+def test_guidance_scales_one_and_zero_are_the_conditional_and_null_samples(model):
+    def gen(captions, scale):
+        return model.generate_from_text(captions, num_steps=2, guidance_scale=scale, seed=3)
+
+    conditional = gen(CAPTIONS, None)
+    assert conditional.shape == (2, *SHAPE) and conditional.dtype == np.float32
+    assert np.all(np.abs(conditional) <= 1.0)
+    np.testing.assert_allclose(gen(CAPTIONS, 1.0), conditional, atol=1e-5)
+    unconditional = gen(["", ""], None)
+    np.testing.assert_allclose(gen(CAPTIONS, 0.0), unconditional, atol=1e-5)
+    assert np.abs(gen(CAPTIONS, 3.0) - conditional).max() > 1e-4
+    # Same seed, same noise: the caption alone changes the image.
+    assert np.abs(conditional - unconditional).max() > 1e-4
+    np.testing.assert_array_equal(gen(CAPTIONS, None), conditional)
+    # `generate(num_images)` of a text model draws empty-caption samples.
+    np.testing.assert_allclose(
+        model.generate(num_images=2, num_steps=2, seed=3), unconditional, atol=1e-6
+    )
+
+
+def test_keras_round_trip_keeps_tokenizer_text_encoder_and_weights(model, tmp_path):
+    path = os.path.join(tmp_path, "text2image.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.text_conditional and loaded.caption_dropout_prob == model.caption_dropout_prob
+    assert loaded.tokenizer.get_config() == model.tokenizer.get_config()
+    config = model.get_config()
+    assert {"text_encoder", "tokenizer", "caption_dropout_prob"} <= set(config)
+    x_t = np.random.default_rng(2).standard_normal((2, *SHAPE)).astype("float32")
+    inputs = [x_t, np.array([5.0, 50.0], np.float32), model.tokenize(CAPTIONS)]
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), np.asarray(model(inputs)), atol=1e-6)
+    # Class-conditional and unconditional configs carry no text keys.
+    plain = DiffusionModel(make_unet(context_dim=None), schedule="linear")
+    assert not {"text_encoder", "tokenizer", "caption_dropout_prob"} & set(plain.get_config())
+
+
+@pytest.mark.slow  # export, a fresh-process parity run and a reload: about a minute
+def test_saved_model_generate_from_text_equals_keras_and_enforces_limits(model, tmp_path):
+    endpoints = _core.get_endpoints(model)
+    assert list(endpoints) == ["generate_from_text", "denoise"]
+    generate = endpoints["generate_from_text"]
+    assert generate.input_names == ["captions", "num_steps", "guidance_scale", "seed"]
+    assert generate.limits == {"num_steps": (1, MAX_STEPS), "batch": MAX_BATCH}
+    result = export_all(model, tmp_path, formats=("saved_model",))
+    saved = result["saved_model"]
+    assert saved.signatures == ["serving_default", "generate_from_text", "denoise"]
+    # The parity check ran the model's own batch (captions with an empty and an
+    # over-long one) through the SavedModel in a fresh process without kzoo.
+    parity = saved.parity
+    assert parity["ok"], parity
+    assert parity["saved_model_runner"]["kzoo_modules_loaded"] == []
+    for signature, name in (("generate_from_text", "images"), ("denoise", "prediction")):
+        assert parity["results"]["saved_model"][signature][name]["max_abs_error"] <= 1e-4
+    captions = model.export_parity_batch()["generate_from_text"]["captions"]
+    assert captions.dtype.kind == "S" and b"" in captions.tolist()
+    serve = tf.saved_model.load(saved.path).signatures["generate_from_text"]
+
+    def request(captions=("a red circle",), num_steps=2):
+        return serve(
+            captions=tf.constant(captions),
+            num_steps=tf.constant(num_steps, tf.int32),
+            guidance_scale=tf.constant(3.0),
+            seed=tf.constant(0),
+        )
+
+    keras_images = model.generate_from_text(
+        [c.decode() for c in captions], num_steps=4, guidance_scale=3.0, seed=0
+    )
+    served = request(captions=captions, num_steps=4)["images"]
+    np.testing.assert_allclose(served, keras_images, atol=1e-4)
+    # An over-long caption is its first LENGTH words.
+    truncated = " ".join(LONG_CAPTION.split()[:LENGTH])
+    same_batch = [c.decode() for c in captions[:-1]] + [truncated]
+    np.testing.assert_allclose(
+        model.generate_from_text(same_batch, num_steps=4, guidance_scale=3.0, seed=0)[-1],
+        keras_images[-1],
+        atol=1e-5,
+    )
+    assert request(captions=("", "", "", ""))["images"].shape == (MAX_BATCH, *SHAPE)
+    for kwargs, match in (
+        (dict(num_steps=9), r"num_steps must be in \[1, 8\]. Received: num_steps=9"),
+        (dict(captions=("a",) * 5), "batch of captions must be at most 4"),
+        (dict(captions=[["a ring"]]), r"\[1,1\] is not compatible with expected shape \[\?\]"),
+    ):
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=match):
+            request(**kwargs)
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    with pytest.raises(ValueError, match="wrap one caption in a list"):
+        model.generate_from_text("a red circle")
+    for captions in ([], [1, 2], None):
+        with pytest.raises(ValueError, match="non-empty list of strings"):
+            model.generate_from_text(captions)
+    with pytest.raises(ValueError, match="generate_from_text"):
+        model.generate(labels=[0, 1])
+    with pytest.raises(ValueError, match="caption_dropout_prob=0"):
+        make_model(caption_dropout_prob=0.0).generate_from_text(["a"], guidance_scale=2.0)
+    with pytest.raises(ValueError, match="text_encoder=None"):
+        DiffusionModel(make_unet(context_dim=None), schedule="linear").generate_from_text(["a"])
+    with pytest.raises(ValueError, match="needs `tokenizer`"):
+        DiffusionModel(make_unet(), text_encoder=TextEncoder(33, LENGTH, hidden_dim=WIDTH))
+    with pytest.raises(ValueError, match="num_classes=None"):
+        make_model(num_classes=3)
+    with pytest.raises(ValueError, match="tokenizer emits 33 ids"):
+        make_model(text_encoder=TextEncoder(10, LENGTH, hidden_dim=WIDTH))
+    with pytest.raises(ValueError, match="takes 12 tokens"):
+        make_model(text_encoder=TextEncoder(33, 12, hidden_dim=WIDTH))
+    with pytest.raises(ValueError, match="classes or on text, not both"):
+        make_unet(num_classes=3)
+    with pytest.raises(ValueError, match="context_dim"):
+        make_unet(context_dim=0)
+    with pytest.raises(ValueError, match=r"context, context_mask, pooled\]"):
+        make_unet()([np.zeros((1, *SHAPE), "float32"), np.zeros((1,), "float32")])
+    with pytest.raises(ValueError, match="failed on a zeros batch"):  # width mismatch
+        make_model(denoiser=make_unet(context_dim=8))
+    with pytest.raises(ValueError, match="images only"):
+        model._noised_batch(np.zeros((2, *SHAPE), np.float32), training=True)
+    with pytest.raises(ValueError, match="token ids"):
+        model._noised_batch((np.zeros((2, *SHAPE), np.float32), np.zeros(2, np.float32)), True)
+
+
+def test_short_fit_lowers_the_loss():
+    """A short eager fit on kzoo_shapes pairs lowers the loss.
+
+    Faithfulness (a classifier agreeing with the caption above chance) needs minutes
+    of training, more than this suite can spend: `recipes/text2image_shapes.py`
+    measures it (see its docstring and README.md).
+    """
+    import kzoo.data
+
+    images, labels = kzoo.data.load_arrays(
+        "kzoo_shapes", split="train", num_examples=64, image_size=SHAPE[0]
+    )
+    captions = [str(c) for c in labels["caption"]]
+    dataset = tf.data.Dataset.from_tensor_slices((images, captions)).batch(16).cache()
+    model = make_model(prediction_type="eps")
+    # Eager steps: tracing a U-Net's gradient costs tens of seconds on 2 cores.
+    model.compile(optimizer=keras.optimizers.Adam(5e-3), run_eagerly=True)
+    text_before = [np.array(w) for w in model.text_encoder.trainable_weights]
+    losses = model.fit(dataset, epochs=4, verbose=0).history["loss"]  # 16 steps
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.85 * losses[0], losses
+    # The text encoder trains jointly with the denoiser.
+    assert any(
+        np.abs(np.array(w) - b).max() > 0
+        for w, b in zip(model.text_encoder.trainable_weights, text_before, strict=True)
+    )
+
+
+@pytest.mark.slow  # builds the recipe's 32x32 model and traces its train step
+def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
+    import recipes
+    import recipes.text2image_shapes as recipe
+    from kzoo.metrics.features import ShapesClassifier
+    from kzoo.training import trainer
+
+    config = recipes.get_recipe(
+        "text2image_shapes",
+        [
+            "model.denoiser.channels=(8,16)",
+            "model.denoiser.attention_resolutions=(16,)",
+            "model.denoiser.norm_groups=4",
+            "batch_size=8",
+        ],
+    )
+    assert config["outputs"] == ("image", "caption")
+    built = trainer.build_model(config["model"])
+    assert built.text_conditional and built.image_shape == (32, 32, 3)
+    built.compile(optimizer=trainer.build_optimizer(config))
+    dataset = trainer.train_dataset(config, built)
+    images, captions = next(iter(dataset))
+    assert images.shape == (8, 32, 32, 3) and captions.dtype == tf.string
+    history = built.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    results = recipe.evaluate(
+        built, num_examples=4, num_steps=1, classifier=ShapesClassifier(image_size=32)
+    )
+    for name in ("shape", "color"):
+        assert 0.0 <= results[f"{name}_agreement"] <= 1.0
+    assert results["shape_chance"] == round(1 / 6, 4)
