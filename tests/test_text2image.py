@@ -298,9 +298,9 @@ def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
     config = recipes.get_recipe(
         "text2image_shapes",
         [
-            "model.denoiser.channels=(8,16)",
-            "model.denoiser.attention_resolutions=(16,)",
-            "model.denoiser.norm_groups=4",
+            "model.denoiser.hidden_size=16",
+            "model.denoiser.depth=1",
+            "model.denoiser.num_heads=2",
             "batch_size=8",
         ],
     )
