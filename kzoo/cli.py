@@ -78,7 +78,7 @@ def _parser():
         dest="captions",
         action="append",
         metavar="TEXT",
-        help="a caption for a caption-conditional code prior (repeatable)",
+        help="a caption for a caption-conditional code prior or text-to-image model (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_sample)
@@ -241,15 +241,17 @@ def sample(
     model = load_trained_model(workdir)
     num_classes = getattr(model, "num_classes", None)
     captioned = getattr(model, "caption_vocabulary", None) is not None
-    if captions and not captioned:
+    # Text-to-image diffusion: captions optional (without, empty-caption samples).
+    text_to_image = getattr(model, "text_conditional", False)
+    if captions and not (captioned or text_to_image):
         kind = (
             f"class-conditional (num_classes={num_classes}): sample it without --caption"
             if num_classes
             else "not caption-conditional"
         )
         raise ValueError(
-            f"--caption needs a caption-conditional code prior; the workdir's "
-            f"{type(model).__name__} is {kind}. Received: --caption {captions[0]!r}"
+            "--caption needs a caption-conditional code prior or text-to-image model; the "
+            f"workdir's {type(model).__name__} is {kind}. Received: --caption {captions[0]!r}"
         )
     if captioned and not captions:
         raise ValueError(
@@ -270,6 +272,14 @@ def sample(
             images = generator.generate(
                 labels=labels, num_samples=None if num_classes else num, seed=seed
             )
+    elif text_to_image and captions:
+        images = model.generate_from_text(
+            [captions[i % len(captions)] for i in range(num)],
+            num_steps=steps,
+            sampler=SAMPLERS[sampler],
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
     elif hasattr(model, "generate"):
         images = model.generate(
             num_images=None if num_classes else num,

@@ -319,3 +319,27 @@ def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
     for name in ("shape", "color"):
         assert 0.0 <= results[f"{name}_agreement"] <= 1.0
     assert results["shape_chance"] == round(1 / 6, 4)
+
+
+@pytest.mark.slow  # a checkpoint round trip and two sampling graphs
+def test_cli_sample_takes_captions_for_a_text_to_image_model(model, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from kzoo.cli import main
+    from kzoo.training.checkpoint import save_checkpoint
+
+    workdir = str(tmp_path / "text2image")
+    os.makedirs(workdir)
+    save_checkpoint(model, workdir, epoch=1, step=1)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump({"dataset": "kzoo_shapes"}, f)
+    png = str(tmp_path / "samples.png")
+    argv = ["sample", workdir, "--out", png, "--num", "3", "--steps", "2"]
+    captions = ["--caption", "a red circle", "--caption", "", "--guidance-scale", "3"]
+    assert main([*argv, *captions]) == 0
+    size = Image.open(png).size
+    assert main(argv) == 0  # no caption: empty-caption (unconditional) samples
+    assert Image.open(png).size == size
+    capsys.readouterr()
