@@ -1178,10 +1178,11 @@ class DiffusionModel(keras.Model):
                 "a small red circle at the top left on a blue background",
                 "",
                 " ".join(["a large white square"] * 10),
-            ][: self.max_generate_batch],
+            ],
             dtype=np.bytes_,  # bytes load without pickling in the parity runner
         )
         token_ids = ops.convert_to_numpy(self.tokenizer(captions[:PARITY_BATCH_SIZE].tolist()))
+        captions = captions[: self.max_generate_batch]
         return {
             "generate_from_text": {
                 "captions": captions,
