@@ -103,7 +103,8 @@ def test_saved_model_signatures_match_keras_in_a_fresh_process(model, images, sa
         ("encode_image", {"images": np.zeros((1, 32, 32, 3), np.float32)}, r"\[1,32,32,3\]"),
         ("serving_default", {"images": np.zeros((1, 16, 16, 1), np.float32)}, r"\[\?,16,16,3\]"),
         ("encode_image", {"images": np.zeros((16, 16, 3), np.float32)}, "not compatible"),
-        ("encode_text", {"text": np.array([["a ring"]], np.bytes_)}, r"text \[1,1\]"),
+        # (the tensor's name in the message depends on Grappler, off in tests)
+        ("encode_text", {"text": np.array([["a ring"]], np.bytes_)}, r"\[1,1\] is not compatible"),
         ("encode_text", {"text": np.array([1, 2], np.int32)}, "string tensor"),
     ],
 )

@@ -78,7 +78,7 @@ def test_evaluate_and_reconstruct(trained, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "nope"], "Unknown recipe. Expected one of ['clip_shapes', "),
+        (["train", "nope"], "Unknown recipe. Expected one of ['caption_prior_shapes', "),
         (["train", "vqvae_shapes", "--set", "nope=1"], "Unknown config key"),
         (["train", "vqvae_shapes", "--set", "batch_size=big"], "Received: batch_size='big'"),
         (["train", "vqvae_shapes", "--set", "precision=fp8"], "Received: precision='fp8'"),
