@@ -30,9 +30,9 @@ from keras import ops
 from kzoo.layers.transformer import PositionEmbedding, TransformerBlock, _check_positive_int
 from kzoo.models.code_prior import sample_logits
 from kzoo.models.dual_encoder import (
+    ImageCaptionPairsMixin,
     _build_image_encoder,
     _is_host_strings,
-    _object_strings,
     _require_shape,
 )
 
@@ -69,7 +69,7 @@ def caption_loss(logits, targets):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Captioner(keras.Model):
+class Captioner(ImageCaptionPairsMixin, keras.Model):
     """Image-to-text: images in [-1, 1] -> captions, trained with `fit` on `(images, captions)`.
 
     `model((images, captions))` (captions as strings, or the int32 ids of
@@ -332,33 +332,6 @@ class Captioner(keras.Model):
         return self.detokenize(self.generate(images, method, top_k, temperature, seed))
 
     # === Training ===
-    def _pack(self, data):
-        # fit's default unpacking reads `(images, captions)` as `(x, y)`; both are inputs.
-        if isinstance(data, dict) or (isinstance(data, tuple | list) and len(data) == 1):
-            return data
-        if isinstance(data, tuple | list) and len(data) == 2:
-            return ((data[0], data[1]),)
-        raise ValueError(
-            "Captioner trains on `(images, captions)` pairs. "
-            f"Received: a batch of {type(data).__name__} with {len(data)} elements"
-        )
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; captions may also be a NumPy array of `str`."""
-        return super().fit(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        return super().evaluate(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def train_step(self, data):
-        return super().train_step(self._pack(data))
-
-    def test_step(self, data):
-        return super().test_step(self._pack(data))
-
-    def predict_step(self, data):
-        return super().predict_step(self._pack(data))
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = caption_loss(y_pred["logits"], y_pred["targets"])
         if self.losses:

@@ -109,8 +109,43 @@ def contrastive_loss(
     return 0.5 * (ops.mean(image_loss) + ops.mean(text_loss))
 
 
+class ImageCaptionPairsMixin:
+    """`fit`/`evaluate`/steps of a model whose inputs are `(images, captions)` pairs.
+
+    Keras' default unpacking reads a 2-tuple batch as `(x, y)`; both are inputs here,
+    and NumPy `str` caption arrays become object arrays Keras can slice.
+    """
+
+    def _pack(self, data):
+        # fit's default unpacking reads `(images, captions)` as `(x, y)`; both are inputs.
+        if isinstance(data, dict) or (isinstance(data, tuple | list) and len(data) == 1):
+            return data
+        if isinstance(data, tuple | list) and len(data) == 2:
+            return ((data[0], data[1]),)
+        raise ValueError(
+            f"{type(self).__name__} trains on `(images, captions)` pairs. "
+            f"Received: a batch of {type(data).__name__} with {len(data)} elements"
+        )
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; captions may also be a NumPy array of `str`."""
+        return super().fit(_object_strings(x), _object_strings(y), *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        return super().evaluate(_object_strings(x), _object_strings(y), *args, **kwargs)
+
+    def train_step(self, data):
+        return super().train_step(self._pack(data))
+
+    def test_step(self, data):
+        return super().test_step(self._pack(data))
+
+    def predict_step(self, data):
+        return super().predict_step(self._pack(data))
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
-class DualEncoder(keras.Model):
+class DualEncoder(ImageCaptionPairsMixin, keras.Model):
     """CLIP: a text and an image tower projected into one l2-normalised embedding space.
 
     Trains with plain `fit` on a dataset of `(images, captions)` pairs, captions as
@@ -372,33 +407,6 @@ class DualEncoder(keras.Model):
         return ops.take_along_axis(kept, order, axis=1)
 
     # === Training ===
-    def _pack(self, data):
-        # fit's default unpacking reads `(images, captions)` as `(x, y)`; both are inputs.
-        if isinstance(data, dict) or (isinstance(data, tuple | list) and len(data) == 1):
-            return data
-        if isinstance(data, tuple | list) and len(data) == 2:
-            return ((data[0], data[1]),)
-        raise ValueError(
-            "DualEncoder trains on `(images, captions)` pairs. "
-            f"Received: a batch of {type(data).__name__} with {len(data)} elements"
-        )
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; captions may also be a NumPy array of `str`."""
-        return super().fit(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        return super().evaluate(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def train_step(self, data):
-        return super().train_step(self._pack(data))
-
-    def test_step(self, data):
-        return super().test_step(self._pack(data))
-
-    def predict_step(self, data):
-        return super().predict_step(self._pack(data))
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         positives = caption_positives(y_pred["caption_ids"], y_pred["token_ids"])
         negative_logits = negative_positives = None
