@@ -40,10 +40,15 @@ NUM_SAMPLES = 2048
 NOISE = np.random.default_rng(0).standard_normal((NUM_SAMPLES, 4)).astype(np.float32)
 LINEAR = make_schedule("linear")
 ZERO_SNR = make_schedule("linear", rescale_zero_terminal_snr=True)
+COSINE = make_schedule("cosine")  # betas clipped at 0.999: sigma 20291 at t = 999
 
 
-def gaussian_denoiser(schedule, prediction_type):
-    """The optimal denoiser for N(MU, STD^2) data, in keras.ops, for any prediction type."""
+def gaussian_denoiser(schedule, prediction_type, x0_error=0.0):
+    """The optimal denoiser for N(MU, STD^2) data, in keras.ops, for any prediction type.
+
+    `x0_error` adds a deterministic error of that size to its x0 estimate, as a
+    trained model's (its eps then errs by `sqrt(a / (1 - a)) * x0_error`).
+    """
     alphas_cumprod = ops.convert_to_tensor(schedule.alphas_cumprod)
 
     def denoiser(x_t, t, conditioning):
@@ -54,6 +59,10 @@ def gaussian_denoiser(schedule, prediction_type):
         alpha = ops.reshape(alpha, (-1, 1))
         gain = ops.sqrt(alpha) * STD**2 / (alpha * STD**2 + 1.0 - alpha)
         x0 = MU + gain * (x_t - ops.sqrt(alpha) * MU)
+        if x0_error:
+            # Varies with x_t and t: Heun's two calls of one step err differently.
+            t_column = ops.reshape(ops.cast(t, "float32"), (-1, 1))
+            x0 = x0 + x0_error * ops.sin(x_t + 0.01 * t_column)
         eps = (x_t - ops.sqrt(alpha) * x0) / ops.sqrt(1.0 - alpha)
         if prediction_type == "eps":
             return eps
@@ -70,9 +79,17 @@ def exact_ode_solution(noise, start_alpha):
     return MU + STD * y
 
 
-def run(sampler, num_steps, noise=NOISE, seed=0, jit_compile=False, schedule=LINEAR):
+def start_alpha(sampler):
+    """`alphas_cumprod` where `sample` starts: t = T - 1, or Heun's capped sigma_max."""
+    alpha = float(sampler.schedule.alphas_cumprod[-1])
+    if getattr(sampler, "sigma_max", None) is not None:
+        alpha = max(alpha, 1.0 / (1.0 + sampler.sigma_max**2))
+    return alpha
+
+
+def run(sampler, num_steps, noise=NOISE, seed=0, jit_compile=False, schedule=LINEAR, x0_error=0.0):
     """`sample` with the Gaussian denoiser, traced once per call site (tensor steps)."""
-    denoiser = gaussian_denoiser(schedule, sampler.prediction_type)
+    denoiser = gaussian_denoiser(schedule, sampler.prediction_type, x0_error)
     fn = tf.function(
         lambda z, n, s: sample(denoiser, sampler, z, n, seed=s), jit_compile=jit_compile
     )
@@ -84,13 +101,14 @@ def run(sampler, num_steps, noise=NOISE, seed=0, jit_compile=False, schedule=LIN
 EXACT = exact_ode_solution(NOISE, float(LINEAR.alphas_cumprod[-1]))
 
 
-# Measured (mean |err|, max |err|) against EXACT, at n and 4n steps:
+# Measured (mean |err|, max |err|) against the exact solution from the sampler's
+# start (EXACT; Heun starts at sigma_max = 80, not the schedule's 157), at n and 4n:
 #   ddim  50: 3.0e-2, 0.20    200: 7.6e-3, 0.050  (first order: ratio 3.9)
 #   dpm   20: 1.1e-2, 0.13     80: 1.1e-3, 6.7e-3 (second order: ratio 10.7)
 #   euler 50: 3.0e-2, 0.20 (Euler on the discrete sigmas is DDIM exactly)
 #   euler karras 50: 4.1e-2, 0.32   200: 1.0e-2, 0.081 (ratio 4.0)
-#   heun  20: 1.1e-2, 0.11     80: 1.1e-3, 0.011 (ratio 10.5)
-#   heun karras 20: 3.0e-2, 0.22   80: 1.5e-3, 0.012 (ratio 19.5)
+#   heun  20: 1.1e-2, 0.11     80: 1.1e-3, 0.011 (ratio 10.5; the same uncapped)
+#   heun karras 20: 2.3e-2, 0.17   80: 1.2e-3, 8.9e-3 (ratio 19.5; uncapped 3.0e-2, 0.22)
 DETERMINISTIC_CASES = {
     # name: (sampler factory, steps, mae tolerance, max tolerance, min error ratio n -> 4n)
     "ddim": (lambda: DDIMSampler(LINEAR), 50, 0.04, 0.26, 3.0),
@@ -105,11 +123,13 @@ DETERMINISTIC_CASES = {
 @pytest.mark.parametrize("case", sorted(DETERMINISTIC_CASES))
 def test_deterministic_samplers_converge_to_the_exact_ode_solution(case):
     factory, steps, mae_tol, max_tol, min_ratio = DETERMINISTIC_CASES[case]
-    coarse, fine = run(factory(), [steps, 4 * steps])
-    coarse_mae = np.abs(coarse - EXACT).mean()
-    fine_mae = np.abs(fine - EXACT).mean()
+    sampler = factory()
+    exact = exact_ode_solution(NOISE, start_alpha(sampler))
+    coarse, fine = run(sampler, [steps, 4 * steps])
+    coarse_mae = np.abs(coarse - exact).mean()
+    fine_mae = np.abs(fine - exact).mean()
     assert coarse_mae < mae_tol
-    assert np.abs(coarse - EXACT).max() < max_tol
+    assert np.abs(coarse - exact).max() < max_tol
     # The solver's order shows in how fast the error falls: ~4x (first) or ~16x (second).
     assert coarse_mae / fine_mae > min_ratio
     # And the samples have the data's statistics: sampling error of 2048 samples is
@@ -218,9 +238,10 @@ def test_stochastic_seeds_reproduce():
     )
 
 
-# Zero terminal SNR: a_T = 0, so the exact ODE maps x_T to mu + s * x_T. Measured mean
-# |err| at 20 steps: DDIM/Euler 7.2e-2, DPM++ 1.1e-2, Heun 1.2e-2 (Euler's sigma_max
-# uses a_T = 2**-24, so its start is off by ~2e-4).
+# Zero terminal SNR: a_T = 0, so the exact ODE maps x_T to mu + s * x_T (Heun: from
+# its capped sigma_max = 80 instead). Measured mean |err| at 20 steps: DDIM/Euler
+# 7.2e-2, DPM++ 1.1e-2, Heun 1.1e-2 (Euler's sigma_max uses a_T = 2**-24, so its
+# start is off by ~2e-4).
 @pytest.mark.parametrize(
     "name, tolerance", [("ddim", 0.09), ("dpmpp_2m", 0.015), ("euler", 0.09), ("heun", 0.015)]
 )
@@ -228,7 +249,22 @@ def test_zero_terminal_snr_with_v_prediction(name, tolerance):
     sampler = make_sampler(name, ZERO_SNR, prediction_type="v")
     (out,) = run(sampler, 20, schedule=ZERO_SNR)
     assert np.all(np.isfinite(out))
-    assert np.abs(out - (MU + STD * NOISE)).mean() < tolerance
+    assert np.abs(out - exact_ode_solution(NOISE, start_alpha(sampler))).mean() < tolerance
+
+
+# Cosine schedule, 20 steps, x0 estimate off by 0.01 (its eps by <= 1e-3 down to t = 949).
+# Measured: uncapped Heun's first trapezoid, sigma 20291 -> 12.8, leaves std 14.7x the
+# data's (14.8x with the optimal denoiser alone: its two slopes differ by < 1%, times
+# ~10^4); capped at 80 the mean is off by <= 0.8 standard errors and the std by
+# <= 5.4% (optimal denoiser: 1.3 and 5.9%), DPM-Solver++ 0.9 and 2.4%.
+@pytest.mark.parametrize("x0_error", [0.0, 0.01])
+def test_heun_sigma_max_cap_keeps_the_cosine_schedule_stable(x0_error):
+    (uncapped,) = run(HeunSampler(COSINE, sigma_max=None), 20, schedule=COSINE, x0_error=x0_error)
+    assert np.abs(uncapped.std(0) / STD - 1).max() > 5
+    for sampler in (HeunSampler(COSINE), DPMSolverMultistepSampler(COSINE)):
+        (out,) = run(sampler, 20, schedule=COSINE, x0_error=x0_error)
+        assert np.all(np.abs(out.mean(0) - MU) < 4 * STD / np.sqrt(NUM_SAMPLES))
+        assert np.all(np.abs(out.std(0) / STD - 1) < 0.065)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -266,8 +302,44 @@ def test_euler_and_heun_tables():
     lo, hi = LINEAR.sigmas[0] ** (1 / 7), LINEAR.sigmas[999] ** (1 / 7)
     np.testing.assert_allclose(sigmas[:-1], (hi + ramp * (lo - hi)) ** 7, rtol=1e-5)
     assert sigmas[-1] == 0
-    heun = HeunSampler(LINEAR)
+    heun = HeunSampler(LINEAR, sigma_max=None)
     np.testing.assert_array_equal(np.asarray(heun.set_timesteps(3)), [999, 666, 666, 332, 332])
+
+
+@pytest.mark.parametrize("schedule, capped_t", [(LINEAR, 929.618), (COSINE, 990.978)])
+def test_heun_sigma_max_caps_the_sigmas_and_timesteps(schedule, capped_t):
+    # sigma(t) = 80 at t = 929.618 (linear, where sigma(999) = 157.4) and t = 990.978
+    # (cosine, sigma(999) = 20291), interpolating log(sigma) as `sigma_to_timestep`.
+    heun = HeunSampler(schedule)
+    assert heun.sigma_max == 80.0
+    timesteps = np.asarray(heun.set_timesteps(3))
+    np.testing.assert_allclose(timesteps, [capped_t, 666, 666, 332, 332], atol=1e-3)
+    sigmas = np.asarray(heun.sigmas)
+    np.testing.assert_allclose(sigmas, [80.0, *schedule.sigmas[[666, 332]], 0.0], rtol=1e-6)
+    assert float(heun.init_noise_sigma) == pytest.approx(np.sqrt(80.0**2 + 1.0))
+    # The denoiser is told the timestep of sigma 80: its sigma, not the schedule's last.
+    t_capped = ops.convert_to_tensor(timesteps[:1])
+    assert float(schedules.timestep_to_sigma(schedule, t_capped)[0]) == pytest.approx(80.0, 1e-5)
+    # Every spaced sigma above the cap becomes 80: zero-length steps (here t = 949).
+    many = HeunSampler(schedule)
+    many.set_timesteps(20)
+    expected = np.minimum(schedule.sigmas[999 - 50 * np.arange(20)], 80.0)
+    np.testing.assert_allclose(np.asarray(many.sigmas)[:-1], expected, rtol=1e-6)
+    # Karras sigmas: Eq. 5's ramp starts at the cap.
+    karras = HeunSampler(schedule, use_karras_sigmas=True)
+    karras.set_timesteps(5)
+    lo, hi = schedule.sigmas[0] ** (1 / 7), 80.0 ** (1 / 7)
+    ramp = np.linspace(0, 1, 5)
+    np.testing.assert_allclose(
+        np.asarray(karras.sigmas)[:-1], (hi + ramp * (lo - hi)) ** 7, rtol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(karras.timesteps)[0], capped_t, atol=1e-3)
+    # A cap above the schedule's largest sigma changes nothing.
+    high = HeunSampler(schedule, sigma_max=1e6)
+    np.testing.assert_array_equal(
+        np.asarray(high.set_timesteps(3)),
+        np.asarray(HeunSampler(schedule, sigma_max=None).set_timesteps(3)),
+    )
 
 
 def _manual_loop(sampler, denoiser, noise, steps, conditioning=None):
@@ -355,9 +427,11 @@ def test_sample_handles_image_shapes():
         assert seen[0] == ((2, 4, 4, 3), (2,), "labels")
 
 
-def test_export_archive_generate_endpoint(tmp_path):
-    sampler = DDPMSampler(LINEAR)
-    denoiser = gaussian_denoiser(LINEAR, "eps")
+@pytest.mark.parametrize(
+    "sampler", [DDPMSampler(LINEAR), HeunSampler(COSINE)], ids=["ddpm", "heun_cosine"]
+)
+def test_export_archive_generate_endpoint(tmp_path, sampler):
+    denoiser = gaussian_denoiser(sampler.schedule, "eps")
 
     def generate(noise, num_steps, seed):
         return sample(denoiser, sampler, noise, num_steps, seed=seed)
@@ -390,10 +464,15 @@ def test_config_round_trip():
         ),
         DPMSolverMultistepSampler(LINEAR, solver_order=1),
         HeunSampler(LINEAR, use_karras_sigmas=True, karras_rho=5.0),
+        HeunSampler(COSINE, sigma_max=None),
+        make_sampler("heun", COSINE, sigma_max=40),
     ):
         clone = type(sampler).from_config(sampler.get_config())
         assert clone.get_config() == sampler.get_config()
         assert clone.schedule == sampler.schedule
+    assert HeunSampler(LINEAR).get_config()["sigma_max"] == 80.0
+    assert make_sampler("heun", COSINE, sigma_max=40).sigma_max == 40.0
+    assert "sigma_max" not in EulerSampler(LINEAR).get_config()
 
 
 def test_errors():
@@ -420,6 +499,9 @@ def test_errors():
         DDIMSampler(LINEAR, eta=-0.1)
     with pytest.raises(ValueError, match="Received: solver_order=3"):
         DPMSolverMultistepSampler(LINEAR, solver_order=3)
+    for bad in (0.0, -80.0, float("inf"), float("nan"), True, "80"):
+        with pytest.raises(ValueError, match=rf"finite number > 0. Received: sigma_max={bad!r}"):
+            HeunSampler(COSINE, sigma_max=bad)
     with pytest.raises(ValueError, match="Received: variance_type='learned'"):
         DDPMSampler(LINEAR, variance_type="learned")
     with pytest.raises(

@@ -7,7 +7,8 @@
   data prediction, multistep; the last step is first order, as diffusers'
   `lower_order_final` with `final_sigmas_type="zero"`).
 - Euler and Heun in sigma space, Karras sigmas (`rho = 7`): Karras et al. 2022,
-  https://arxiv.org/abs/2206.00364 (Algorithm 1, Eq. 5).
+  https://arxiv.org/abs/2206.00364 (Algorithm 1, Eq. 5; Heun's `sigma_max = 80`
+  start is their Table 1).
 - "trailing" timestep spacing: Lin et al. 2023, https://arxiv.org/abs/2305.08891
   (Table 2); "leading" and "linspace" as diffusers.
 
@@ -563,6 +564,8 @@ class EulerSampler(Sampler):
     """
 
     timestep_dtype = "float32"
+    # No cap on the starting sigma: on the discrete sigmas Euler is then DDIM exactly.
+    sigma_max = None
 
     def __init__(
         self,
@@ -600,19 +603,29 @@ class EulerSampler(Sampler):
         n = ops.cast(n, "int32")
         if self.use_karras_sigmas:
             rho = self.karras_rho
-            sigma_max = gather(self.schedule.sigmas, self._spaced_timestep(0, n))
+            sigma_max = self._cap(gather(self.schedule.sigmas, self._spaced_timestep(0, n)))
             inv_rho_min = float(self.schedule.sigmas[0]) ** (1.0 / rho)
             inv_rho_max = sigma_max ** (1.0 / rho)
             ramp = ops.cast(k, "float32") / ops.cast(ops.maximum(n - 1, 1), "float32")
             sigma = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho
         else:
             sigma = gather(self.schedule.sigmas, ops.maximum(self._spaced_timestep(k, n), 0))
+            sigma = self._cap(sigma)
         return ops.where(k >= n, 0.0, sigma)
+
+    def _cap(self, sigma):
+        if self.sigma_max is None:
+            return sigma
+        return ops.minimum(sigma, self.sigma_max)
 
     def _model_timestep(self, i, n):
         if self.use_karras_sigmas:
             return sigma_to_timestep(self.schedule, self._sigma(i, n))
-        return ops.cast(self._spaced_timestep(i, n), "float32")
+        t = ops.cast(self._spaced_timestep(i, n), "float32")
+        if self.sigma_max is None:
+            return t
+        # sigma grows with t: a capped sigma is that of the fractional timestep of sigma_max.
+        return ops.minimum(t, sigma_to_timestep(self.schedule, self.sigma_max))
 
     def _init_noise_sigma(self, n):
         return ops.sqrt(ops.square(self._sigma(0, n)) + 1.0)
@@ -649,11 +662,22 @@ class HeunSampler(EulerSampler):
     (at `sigma_{k+1}`); the last step, to sigma = 0, is a plain Euler step, so `n`
     steps cost `2n - 1` model calls and `timesteps` has `2n - 1` entries.
 
+    Sigmas above `sigma_max` (80, Karras et al. 2022, Table 1) are replaced by
+    `sigma_max`: the initial noise is scaled by it and the denoiser sees the
+    fractional timestep whose sigma it is. Without the cap, the cosine schedule's
+    first step is a trapezoid from sigma 20291 (`t = 999`) to 12.8 (20 steps), which
+    multiplies the difference between its two slopes by ~10^4: even the exact
+    denoiser's differ enough to diverge (Euler, DDIM and DPM-Solver++ take that
+    step in closed form and need no cap). With Karras sigmas the ramp of Eq. 5
+    starts at the capped sigma; without them, spaced timesteps whose sigma exceeds
+    the cap become zero-length steps (the linear schedule's `t >= 930`).
+
     Args:
         schedule: a `NoiseSchedule`.
         prediction_type: "eps", "v" or "x0".
         use_karras_sigmas: space sigmas as Karras et al. Eq. 5.
         karras_rho: the exponent `rho` of Eq. 5.
+        sigma_max: largest sigma, a float > 0; None keeps the schedule's (no cap).
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
 
@@ -663,6 +687,33 @@ class HeunSampler(EulerSampler):
     images = sample(denoiser, sampler, noise, 15)  # 29 denoiser calls
     ```
     """
+
+    def __init__(
+        self,
+        schedule,
+        prediction_type="eps",
+        use_karras_sigmas=False,
+        karras_rho=7.0,
+        sigma_max=80.0,
+        timestep_spacing="trailing",
+        steps_offset=0,
+    ):
+        if sigma_max is not None and (
+            isinstance(sigma_max, bool)
+            or not isinstance(sigma_max, int | float | np.integer | np.floating)
+            or not 0 < sigma_max < float("inf")
+        ):
+            raise ValueError(
+                "`sigma_max` must be None or a finite number > 0. "
+                f"Received: sigma_max={sigma_max!r}"
+            )
+        super().__init__(
+            schedule, prediction_type, use_karras_sigmas, karras_rho, timestep_spacing, steps_offset
+        )
+        self.sigma_max = None if sigma_max is None else float(sigma_max)
+
+    def _extra_config(self):
+        return {**super()._extra_config(), "sigma_max": self.sigma_max}
 
     def _num_model_calls(self, n):
         return 2 * n - 1
