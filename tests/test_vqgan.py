@@ -85,6 +85,28 @@ def test_adaptive_weight_finite_and_positive(trained):
     assert float(adaptive_weight(np.array([np.inf]), np.array([1.0]))) == 0.0
 
 
+def _generator_weights_after(steps, **overrides):
+    """Generator weights of a tiny VQGAN after `steps` SGD steps on one batch, and its history."""
+    keras.utils.set_random_seed(0)
+    model = tiny_vqgan(disc_start_step=0, **overrides)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), run_eagerly=True)
+    history = model.fit(images(), batch_size=8, epochs=steps, shuffle=False, verbose=0)
+    return [np.array(v) for v in model.generator_variables], history.history
+
+
+def test_disc_warmup_ramps_the_adversarial_loss_in_while_the_discriminator_trains():
+    no_adversarial, _ = _generator_weights_after(3, disc_weight=0.0)
+    ramped, history = _generator_weights_after(3, disc_warmup_steps=10**9)
+    switched, _ = _generator_weights_after(3)
+    # A ramp of 1e9 steps: the generator is (numerically) untouched by the GAN loss ...
+    for a, b in zip(no_adversarial, ramped, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # ... while the discriminator trains from the start step.
+    assert all(v > 0 for v in history["d_loss"]), history["d_loss"]
+    # Without a ramp the adversarial loss moves the generator at once.
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(no_adversarial, switched, strict=True))
+
+
 def test_hinge_loss_values():
     real, fake = np.array([2.0, 0.0]), np.array([-2.0, 0.5])
     # 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake))) = 0.5 * (0.5 + 0.75)
@@ -176,6 +198,7 @@ def test_encode_decode_shapes(trained):
     [
         ({"disc_channels": ()}, "disc_channels"),
         ({"disc_start_step": -1}, "disc_start_step=-1"),
+        ({"disc_warmup_steps": 2.5}, "disc_warmup_steps=2.5"),
         ({"disc_weight": -0.5}, "disc_weight=-0.5"),
         ({"perceptual_weight": "high"}, "perceptual_weight='high'"),
         ({"disc_channels": (8, 6)}, "norm_groups=4"),

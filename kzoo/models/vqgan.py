@@ -159,6 +159,12 @@ class VQGAN(VQVAE):
             `kzoo.models.VQVAE`.
         disc_channels: the `Discriminator`'s conv filters.
         disc_start_step: generator steps before the adversarial losses start.
+        disc_warmup_steps: steps over which the generator's adversarial weight
+            ramps linearly from 0 to full after `disc_start_step`, while the
+            discriminator trains at full rate (0: a step switch, taming's
+            behaviour). A switch onto a still-random discriminator can wreck a
+            well-trained autoencoder (measured on `vqgan_shapes`: L1 0.05 -> 1.05
+            within 200 steps); the ramp lets the discriminator learn first.
         disc_weight: weight of the adaptive-weighted generator loss.
         perceptual_weight: weight of the perceptual loss (0 disables it and no
             perceptual network is built).
@@ -193,6 +199,7 @@ class VQGAN(VQVAE):
         disc_weight=0.8,
         perceptual_weight=1.0,
         perceptual_model=None,
+        disc_warmup_steps=0,
         **kwargs,
     ):
         kwargs.setdefault("name", "vqgan")
@@ -209,12 +216,12 @@ class VQGAN(VQVAE):
             quantizer_options=quantizer_options,
             **kwargs,
         )
-        if isinstance(disc_start_step, bool) or not isinstance(disc_start_step, int):
-            raise ValueError(
-                f"`disc_start_step` must be an integer >= 0. Received: disc_start_step="
-                f"{disc_start_step!r}"
-            )
-        _check_non_negative(disc_start_step, "disc_start_step")
+        for name, value in (
+            ("disc_start_step", disc_start_step),
+            ("disc_warmup_steps", disc_warmup_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
         _check_non_negative(disc_weight, "disc_weight")
         _check_non_negative(perceptual_weight, "perceptual_weight")
         if isinstance(perceptual_model, dict):
@@ -226,6 +233,7 @@ class VQGAN(VQVAE):
             )
         self.disc_channels = _check_channels(disc_channels, "disc_channels")
         self.disc_start_step = disc_start_step
+        self.disc_warmup_steps = disc_warmup_steps
         self.disc_weight = disc_weight
         self.perceptual_weight = perceptual_weight
 
@@ -324,9 +332,14 @@ class VQGAN(VQVAE):
         images = data[0] if isinstance(data, tuple | list) else data
         images = ops.cast(images, "float32")
         self._check_images(images)
-        disc_active = ops.cast(
-            ops.greater_equal(self.optimizer.iterations, self.disc_start_step), "float32"
-        )
+        steps_since_start = ops.cast(self.optimizer.iterations - self.disc_start_step, "float32")
+        disc_active = ops.cast(ops.greater_equal(steps_since_start, 0.0), "float32")
+        if self.disc_warmup_steps > 0:
+            adversarial_ramp = ops.clip(
+                (steps_since_start + 1.0) / self.disc_warmup_steps, 0.0, 1.0
+            )
+        else:
+            adversarial_ramp = disc_active
         kernel = self.last_layer_kernel
         with tf.GradientTape(persistent=True) as tape:
             latents = self.encoder(images, training=True)
@@ -348,7 +361,7 @@ class VQGAN(VQVAE):
                 rec_grad = tape.gradient(scaled_nll_loss, kernel) / scale
                 gan_grad = tape.gradient(scaled_g_loss, kernel) / scale
                 weight = self.disc_weight * adaptive_weight(rec_grad, gan_grad)
-            loss = nll_loss + vq_loss + disc_active * weight * g_loss
+            loss = nll_loss + vq_loss + adversarial_ramp * weight * g_loss
             d_loss = disc_active * hinge_discriminator_loss(logits_real, logits_fake)
             scaled_loss = self.optimizer.scale_loss(loss)
             scaled_d_loss = self.discriminator_optimizer.scale_loss(d_loss)
@@ -409,6 +422,7 @@ class VQGAN(VQVAE):
             {
                 "disc_channels": self.disc_channels,
                 "disc_start_step": self.disc_start_step,
+                "disc_warmup_steps": self.disc_warmup_steps,
                 "disc_weight": self.disc_weight,
                 "perceptual_weight": self.perceptual_weight,
                 "perceptual_model": (
