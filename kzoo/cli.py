@@ -11,6 +11,8 @@ import sys
 
 EXPORT_FORMATS = ("saved_model", "litert")
 QUANTIZE = ("none", "float16", "dynamic")
+# Test examples of the autoencoder metrics; a recipe's own `evaluate` keeps its default.
+DEFAULT_EVAL_EXAMPLES = 512
 # CLI sampler names -> kzoo.diffusion.make_sampler names.
 SAMPLERS = {
     "ddpm": "ddpm",
@@ -53,7 +55,11 @@ def _parser():
 
     p = sub.add_parser("evaluate", help="test-split metrics of a trained workdir (JSON)")
     p.add_argument("workdir")
-    p.add_argument("--num-examples", type=int, default=512)
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        help=f"test examples (default: the recipe's own, else {DEFAULT_EVAL_EXAMPLES})",
+    )
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("reconstruct", help="write an input/reconstruction grid as PNG")
@@ -143,14 +149,75 @@ def _workdir_config(workdir):
         ) from None
 
 
-def evaluate(workdir, num_examples=512):
-    """Test-split PSNR and codebook statistics of the workdir's model."""
-    import kzoo.data
-    from kzoo.metrics import codebook_stats, psnr
+def evaluate(workdir, num_examples=None):
+    """Test-split metrics of the workdir's model, as a JSON-ready dict.
+
+    A recipe that defines `evaluate(model, num_examples=N)` scores its own models
+    (captioner_shapes: caption word accuracy; clip_shapes: zero-shot accuracy and
+    retrieval recall); any other model must be a VQ autoencoder, scored by test PSNR
+    and codebook statistics.
+
+    Args:
+        workdir: a directory written by `kzoo train`.
+        num_examples: test examples to score; None keeps the recipe's default (else
+            `DEFAULT_EVAL_EXAMPLES`).
+    """
     from kzoo.training import load_trained_model
 
+    if num_examples is not None and (
+        isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1
+    ):
+        raise ValueError(
+            f"--num-examples must be a positive integer. Received: --num-examples={num_examples}"
+        )
     config = _workdir_config(workdir)
     model = load_trained_model(workdir)
+    recipe_evaluate = _recipe_function(config, "evaluate")
+    if recipe_evaluate is not None:
+        return recipe_evaluate(model, **_evaluate_kwargs(recipe_evaluate, num_examples))
+    if not (hasattr(model, "encode") and hasattr(model, "codebook_size")):
+        raise ValueError(
+            f"The workdir's model ({type(model).__name__}) has no test-split metrics: it is "
+            "not a VQ autoencoder and its recipe defines no `evaluate(model, num_examples)`. "
+            f"Received: workdir={workdir!r}"
+        )
+    return _autoencoder_metrics(model, config, num_examples or DEFAULT_EVAL_EXAMPLES)
+
+
+def _recipe_function(config, name):
+    """Function `name` of the workdir's recipe module, or None (no such recipe or function)."""
+    import recipes
+
+    recipe = config.get("recipe")
+    if not isinstance(recipe, str) or recipe not in recipes.list_recipes():
+        return None
+    import importlib
+
+    return getattr(importlib.import_module(f"recipes.{recipe}"), name, None)
+
+
+def _evaluate_kwargs(recipe_evaluate, num_examples):
+    """Keyword arguments for a recipe's `evaluate`: `num_examples` when given.
+
+    In-batch metrics (clip_shapes' recall within batches of `batch_size`) need one
+    whole batch, so a `batch_size` default larger than `num_examples` is capped.
+    """
+    import inspect
+
+    if num_examples is None:
+        return {}
+    kwargs = {"num_examples": num_examples}
+    batch_size = inspect.signature(recipe_evaluate).parameters.get("batch_size")
+    if batch_size is not None and isinstance(batch_size.default, int):
+        kwargs["batch_size"] = min(batch_size.default, num_examples)
+    return kwargs
+
+
+def _autoencoder_metrics(model, config, num_examples):
+    """Test-split PSNR and codebook statistics of a VQ autoencoder."""
+    import kzoo.data
+    from kzoo.metrics import codebook_stats, psnr
+
     images, _ = kzoo.data.load_arrays(
         config["dataset"], split="test", num_examples=num_examples, image_size=model.image_shape[0]
     )
@@ -324,17 +391,24 @@ def _cmd_export(args):
             f"Received: --format=saved_model --quantize={args.quantize}"
         )
     model = load_trained_model(args.workdir)
+    exportable = model
+    if args.format == "litert" and hasattr(model, "litert_exportable"):
+        # LiteRT has no string ops: models with tf.string signatures (DualEncoder,
+        # Captioner) export a view of their token-id endpoints, sharing the weights.
+        exportable = model.litert_exportable()
     results = export_all(
-        model,
+        exportable,
         args.out,
         name=args.name or config.get("recipe") or model.name,
         formats=(args.format,),
         quantize=(args.quantize,),
         version=args.version,
-        parity_batch=parity_batch(model, config),
+        parity_batch=parity_batch(exportable, config),
     )
     result = results[args.format]
     print(format_parity_table([result.parity]))
+    if exportable is not model:
+        print(f"LiteRT signatures (token ids, no strings): {', '.join(result.signatures)}")
     print(f"Exported to {result.path}")
 
 
