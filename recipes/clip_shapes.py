@@ -61,7 +61,9 @@ def get_config():
             },
             "embedding_dim": 64,
             "hard_negatives": True,
+            "num_hard_negatives": 1,
             "word_dropout": 0.0,
+            "keep_full_captions": False,
         },
         "dataset": "kzoo_shapes",
         "outputs": ("image", "caption"),
@@ -83,13 +85,13 @@ def evaluate(model, num_examples=1000, batch_size=100):
     """Test-split zero-shot accuracy and retrieval recall of a trained `DualEncoder`.
 
     Args:
-        model: a trained `kzoo.models.DualEncoder` on 32x32 kzoo_shapes images.
+        model: a trained `kzoo.models.DualEncoder` on kzoo_shapes images (any size).
         num_examples: test examples to use (the split has 1,000).
         batch_size: the batch for in-batch recall (as the training metrics).
 
     Returns:
-        A dict: zero-shot shape accuracy with `SHAPE_TEMPLATES` and with
-        `SHAPE_ENSEMBLE_TEMPLATES`, zero-shot colour accuracy, image->text and
+        A dict: zero-shot shape accuracy with `SHAPE_TEMPLATES` (also by size
+        class) and with `SHAPE_ENSEMBLE_TEMPLATES`, zero-shot colour accuracy, image->text and
         text->image recall@1/@5 over the whole set (identical captions count as
         matches) and within batches of `batch_size`.
     """
@@ -110,6 +112,12 @@ def evaluate(model, num_examples=1000, batch_size=100):
         class_ids, _ = model.zero_shot(images, list(names), templates=templates)
         target = labels["shape" if names is kzoo.data.SHAPES else "color"]
         results[key] = round(float(np.mean(class_ids == target)), 4)
+        if key == "zero_shot_shape_accuracy":
+            # By size class: small shapes are the hard ones at 32 px.
+            for size_id, size in enumerate(kzoo.data.SIZES):
+                members = labels["size"] == size_id
+                accuracy = np.mean(class_ids[members] == target[members])
+                results[f"{key}_{size}"] = round(float(accuracy), 4)
 
     captions = list(labels["caption"])
     image_embeddings = np.concatenate(

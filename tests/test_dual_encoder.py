@@ -141,6 +141,25 @@ def test_word_dropout_keeps_an_ordered_nonempty_subsequence():
     )
 
 
+def test_keep_full_captions_adds_a_shortened_caption_loss():
+    model = _tiny(word_dropout=0.9, keep_full_captions=True, seed=3)
+    outputs = model((_images(), CAPTIONS), training=True)
+    # The main logits and the metrics stay on the whole captions.
+    np.testing.assert_array_equal(_np(outputs["token_ids"]), _np(outputs["caption_ids"]))
+    assert tuple(outputs["shortened_logits"].shape) == (4, 4)
+    shortened = _np(outputs["shortened_ids"])
+    assert ((shortened != 0).sum(axis=1) < (_np(outputs["caption_ids"]) != 0).sum(axis=1)).any()
+    loss = float(_np(model.compute_loss(y_pred=outputs)))
+    whole_only = {k: v for k, v in outputs.items() if not k.startswith("shortened")}
+    assert np.isfinite(loss) and loss > float(_np(model.compute_loss(y_pred=whole_only)))
+    assert "shortened_logits" not in model((_images(), CAPTIONS))  # training only
+    assert "shortened_logits" not in _tiny(keep_full_captions=True)(
+        (_images(), CAPTIONS), training=True
+    )  # nothing to add without word dropout
+    restored = DualEncoder.from_config(model.get_config())
+    assert restored.keep_full_captions is True
+
+
 def test_hard_negatives_swap_one_word_from_another_caption():
     model = _tiny(hard_negatives=True, seed=0)
     ids = _np(model.tokenize(CAPTIONS))
@@ -154,6 +173,23 @@ def test_hard_negatives_swap_one_word_from_another_caption():
     assert tuple(outputs["negative_logits"].shape) == (4, 4)
     assert np.isfinite(float(_np(model.compute_loss(y_pred=outputs))))
     assert "negative_logits" not in model((_images(), CAPTIONS))  # training only
+
+
+def test_num_hard_negatives_adds_one_swapped_copy_per_donor():
+    model = _tiny(hard_negatives=True, num_hard_negatives=3, seed=0)
+    ids = _np(model.tokenize(CAPTIONS))
+    outputs = model((_images(), CAPTIONS), training=True)
+    negatives = _np(outputs["negative_ids"])
+    assert negatives.shape == (12, T) and tuple(outputs["negative_logits"].shape) == (4, 12)
+    for copy in range(3):
+        donor = np.roll(ids, copy + 1, axis=0)
+        for row, original, other in zip(
+            negatives[4 * copy : 4 * copy + 4], ids, donor, strict=True
+        ):
+            changed = np.flatnonzero(row != original)
+            assert len(changed) == 1 and row[changed[0]] == other[changed[0]]
+    assert np.isfinite(float(_np(model.compute_loss(y_pred=outputs))))
+    assert DualEncoder.from_config(model.get_config()).num_hard_negatives == 3
 
 
 def test_embeddings_are_unit_norm_and_empty_captions_are_zero(model):
@@ -308,6 +344,8 @@ def test_instances_can_be_passed_in():
         ({"logit_scale_init": 5.0}, "logit_scale_init"),
         ({"max_logit_scale": float("nan")}, "finite"),
         ({"word_dropout": 1.0}, "word_dropout"),
+        ({"keep_full_captions": 1}, "keep_full_captions"),
+        ({"num_hard_negatives": 0}, "num_hard_negatives"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

@@ -179,10 +179,19 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             word with a rate drawn uniformly in `[0, word_dropout)` (0 disables).
             Captions of a small dataset are all full sentences; dropping words
             teaches the text tower the short prompts zero-shot classification uses.
+        keep_full_captions: with `word_dropout > 0`, whether the text tower sees the
+            whole captions too: the contrastive loss (and the progress-bar recall)
+            then stays on the whole captions, and the shortened ones add a second
+            contrastive loss of their own (one more text-tower pass per step).
+            Without it the shortened captions replace the whole ones, which teaches
+            short prompts but loses the fine-grained whole-caption retrieval.
         hard_negatives: training-time hard negatives: each caption also appears
             with one word swapped for the word at the same position in another
             caption (see `_swap_words`), as an extra negative text for its image.
             Makes the image tower encode every attribute of a caption.
+        num_hard_negatives: swapped copies of each caption with `hard_negatives`
+            (copy `j` takes its word from the caption `j` places before it in the
+            batch, so the copies differ); each costs one text-tower pass per step.
         seed: seed of the word dropout and the word swaps.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
@@ -208,7 +217,9 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         logit_scale_init=DEFAULT_LOGIT_SCALE,
         max_logit_scale=MAX_LOGIT_SCALE,
         word_dropout=0.0,
+        keep_full_captions=False,
         hard_negatives=False,
+        num_hard_negatives=1,
         seed=None,
         **kwargs,
     ):
@@ -240,6 +251,20 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         ):
             raise ValueError(
                 f"`word_dropout` must be a float in [0, 1). Received: word_dropout={word_dropout!r}"
+            )
+        if not isinstance(keep_full_captions, bool):
+            raise ValueError(
+                "`keep_full_captions` must be a bool. "
+                f"Received: keep_full_captions={keep_full_captions!r}"
+            )
+        if (
+            isinstance(num_hard_negatives, bool)
+            or not isinstance(num_hard_negatives, int)
+            or num_hard_negatives < 1
+        ):
+            raise ValueError(
+                "`num_hard_negatives` must be a positive integer. "
+                f"Received: num_hard_negatives={num_hard_negatives!r}"
             )
         if logit_scale_init > max_logit_scale:
             raise ValueError(
@@ -279,7 +304,9 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         self.logit_scale_init = float(logit_scale_init)
         self.max_logit_scale = float(max_logit_scale)
         self.word_dropout = float(word_dropout)
+        self.keep_full_captions = keep_full_captions
         self.hard_negatives = bool(hard_negatives)
+        self.num_hard_negatives = num_hard_negatives
         self.seed = seed
 
     @property
@@ -341,9 +368,11 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
     def call(self, inputs, training=None):
         images, captions = _unpack_pair(inputs)
         caption_ids = self._token_ids(captions)
-        token_ids = caption_ids
+        token_ids = shortened_ids = caption_ids
         if training and self.word_dropout > 0:
-            token_ids = self._drop_words(caption_ids)
+            shortened_ids = self._drop_words(caption_ids)
+            if not self.keep_full_captions:
+                token_ids = shortened_ids
         image_embeddings = self.encode_image(images, training=training)
         text_embeddings = self.encode_tokens(token_ids, training=training)
         logits = self.scale() * ops.matmul(image_embeddings, ops.transpose(text_embeddings))
@@ -354,8 +383,20 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             "token_ids": token_ids,
             "caption_ids": caption_ids,
         }
+        if training and self.word_dropout > 0 and self.keep_full_captions:
+            shortened = self.encode_tokens(shortened_ids, training=training)
+            outputs["shortened_ids"] = shortened_ids
+            outputs["shortened_logits"] = self.scale() * ops.matmul(
+                image_embeddings, ops.transpose(shortened)
+            )
         if training and self.hard_negatives:
-            negative_ids = self._swap_words(caption_ids)
+            negative_ids = ops.concatenate(
+                [
+                    self._swap_words(caption_ids, shift)
+                    for shift in range(1, 1 + self.num_hard_negatives)
+                ],
+                axis=0,
+            )  # (num_hard_negatives * B, T)
             negatives = self.encode_tokens(negative_ids, training=training)
             outputs["negative_ids"] = negative_ids
             outputs["negative_logits"] = self.scale() * ops.matmul(
@@ -363,7 +404,7 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             )
         return outputs
 
-    def _swap_words(self, caption_ids):
+    def _swap_words(self, caption_ids, shift=1):
         """Hard negative captions: one word swapped for the word at the same position in
         another caption of the batch (NegCLIP-style, Yuksekgonul et al. 2023,
         https://arxiv.org/abs/2210.01936).
@@ -375,7 +416,7 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         as a positive).
         """
         shape = ops.shape(caption_ids)
-        donor = ops.roll(caption_ids, 1, axis=0)  # another caption of the shuffled batch
+        donor = ops.roll(caption_ids, shift, axis=0)  # another caption of the shuffled batch
         candidates = ops.logical_and(
             ops.logical_and(ops.not_equal(caption_ids, 0), ops.not_equal(donor, 0)),
             ops.not_equal(donor, caption_ids),
@@ -414,12 +455,18 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             negative_logits = y_pred["negative_logits"]
             negative_positives = identical_rows(y_pred["caption_ids"], y_pred["negative_ids"])
         # An image's own texts: those cut from a caption identical to its own.
-        image_targets = ops.logical_and(
-            positives, identical_rows(y_pred["caption_ids"], y_pred["caption_ids"])
-        )
+        same_caption = identical_rows(y_pred["caption_ids"], y_pred["caption_ids"])
+        image_targets = ops.logical_and(positives, same_caption)
         loss = contrastive_loss(
             y_pred["logits"], positives, negative_logits, negative_positives, image_targets
         )
+        if "shortened_logits" in y_pred:  # keep_full_captions: a loss of their own
+            shortened = caption_positives(y_pred["caption_ids"], y_pred["shortened_ids"])
+            loss = loss + contrastive_loss(
+                y_pred["shortened_logits"],
+                shortened,
+                image_targets=ops.logical_and(shortened, same_caption),
+            )
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
         return loss
@@ -628,7 +675,9 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             "logit_scale_init": self.logit_scale_init,
             "max_logit_scale": self.max_logit_scale,
             "word_dropout": self.word_dropout,
+            "keep_full_captions": self.keep_full_captions,
             "hard_negatives": self.hard_negatives,
+            "num_hard_negatives": self.num_hard_negatives,
             "seed": self.seed,
         }
 
