@@ -250,9 +250,9 @@ def test_generate_shapes_range_determinism_and_the_sampler_loop():
     def denoiser(x, t, y):
         return model.denoiser([x, t, y])
 
-    expected = sample(
-        denoiser, DDIMSampler(model.schedule, prediction_type="v"), noise, 6, conditioning=labels
-    )
+    # A pixel-space model's samplers clip each step's x0 to the data range [-1, 1].
+    ddim = DDIMSampler(model.schedule, prediction_type="v", clip_sample=True)
+    expected = sample(denoiser, ddim, noise, 6, conditioning=labels)
     np.testing.assert_allclose(first, np.clip(expected, -1, 1), atol=1e-5)
     # Without labels the classes cycle; guided sampling differs from plain sampling.
     assert model.generate(num_images=4, num_steps=3).shape == (4, *SHAPE)
@@ -326,6 +326,15 @@ def test_latent_diffusion_trains_on_scaled_latents_and_decodes(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded._decode(x)), decoded)
 
 
+def test_clip_sample_defaults_to_pixel_space_only():
+    assert make_model()._make_sampler("ddim").clip_sample is True
+    unclipped = make_model(clip_sample=False)
+    assert unclipped._make_sampler("euler").clip_sample is False
+    assert DiffusionModel.from_config(unclipped.get_config()).clip_sample is False
+    latent = DiffusionModel(TinyDenoiser((4, 4, 4)), autoencoder=tiny_vqvae(), latent_scale=0.5)
+    assert latent.clip_sample is None and latent._make_sampler("dpmpp_2m").clip_sample is False
+
+
 def test_given_latent_scale_is_kept():
     model = DiffusionModel(TinyDenoiser((4, 4, 4)), autoencoder=tiny_vqvae(), latent_scale=0.5)
     model.compile(optimizer="adam")
@@ -343,6 +352,7 @@ def test_bad_constructor_arguments_raise_clear_errors():
         (dict(schedule={"name": "linear", "steps": 10}), "Received: schedule="),
         (dict(prediction_type="score"), "Received: prediction_type='score'"),
         (dict(class_dropout_prob=1.0), "Received: class_dropout_prob=1.0"),
+        (dict(clip_sample="yes"), "Received: clip_sample='yes'"),
         (dict(snr_gamma=0), "Received: snr_gamma=0"),
         (dict(max_generate_steps=2000), "Received: max_generate_steps=2000"),
         (dict(max_generate_batch=0), "Received: max_generate_batch=0"),

@@ -188,6 +188,21 @@ def test_eps_v_and_x0_denoisers_give_the_same_samples(name, kwargs):
     np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("name, kwargs", SAMPLER_NAMES)
+def test_clip_sample_bounds_x0_and_leaves_in_range_predictions_alone(name, kwargs):
+    plain = run(make_sampler(name, LINEAR, **kwargs), 10, seed=5)[0]
+    clipped = run(make_sampler(name, LINEAR, clip_sample=True, **kwargs), 10, seed=5)[0]
+    wide = make_sampler(name, LINEAR, clip_sample=True, clip_sample_range=1e4, **kwargs)
+    # The data (MU up to 2, STD up to 1.7) leaves [-1, 1]; every step's x0 is clipped
+    # and the last step lands on it.
+    assert np.abs(plain).max() > 3.0
+    assert np.abs(clipped).max() <= 1.0 + 1e-5
+    assert np.abs(clipped - plain).max() > 1.0
+    # A range no prediction reaches changes nothing but round-off (the eps implied by
+    # the clipped x0 is recomputed).
+    np.testing.assert_allclose(run(wide, 10, seed=5)[0], plain, atol=1e-4)
+
+
 def test_sampler_identities():
     # DDIM with eta = 1 is DDPM's "fixed_small" ancestral sampler (same step noise).
     ddpm, ddim_1 = (
@@ -466,6 +481,8 @@ def test_config_round_trip():
         HeunSampler(LINEAR, use_karras_sigmas=True, karras_rho=5.0),
         HeunSampler(COSINE, sigma_max=None),
         make_sampler("heun", COSINE, sigma_max=40),
+        DDIMSampler(LINEAR, clip_sample=True, clip_sample_range=2.5),
+        EulerSampler(LINEAR, clip_sample=True),
     ):
         clone = type(sampler).from_config(sampler.get_config())
         assert clone.get_config() == sampler.get_config()
@@ -473,6 +490,8 @@ def test_config_round_trip():
     assert HeunSampler(LINEAR).get_config()["sigma_max"] == 80.0
     assert make_sampler("heun", COSINE, sigma_max=40).sigma_max == 40.0
     assert "sigma_max" not in EulerSampler(LINEAR).get_config()
+    assert DDPMSampler(LINEAR).get_config()["clip_sample"] is False
+    assert make_sampler("dpmpp_2m", LINEAR, clip_sample=True).clip_sample is True
 
 
 def test_errors():
@@ -502,6 +521,11 @@ def test_errors():
     for bad in (0.0, -80.0, float("inf"), float("nan"), True, "80"):
         with pytest.raises(ValueError, match=rf"finite number > 0. Received: sigma_max={bad!r}"):
             HeunSampler(COSINE, sigma_max=bad)
+    with pytest.raises(ValueError, match="must be a bool. Received: clip_sample=1"):
+        DDPMSampler(LINEAR, clip_sample=1)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match=rf"> 0. Received: clip_sample_range={bad!r}"):
+            make_sampler("heun", LINEAR, clip_sample=True, clip_sample_range=bad)
     with pytest.raises(ValueError, match="Received: variance_type='learned'"):
         DDPMSampler(LINEAR, variance_type="learned")
     with pytest.raises(

@@ -243,6 +243,11 @@ class DiffusionModel(keras.Model):
         max_generate_batch: largest batch the exported `generate` accepts; the
             Python `generate` runs larger requests in chunks of this size.
         export_sampler: sampler of the exported `generate` (one of `SAMPLERS`).
+        clip_sample: whether the samplers `generate` builds clip each step's
+            predicted `x0` to [-1, 1] (see `kzoo.diffusion.Sampler`); None (default)
+            clips for pixel-space models, whose data is in [-1, 1], and not for
+            latent diffusion, whose latents have no fixed range. A `Sampler`
+            instance passed to `generate` keeps its own setting.
         sample_shape: `x_t` shape without batch, only for denoisers that do not
             declare it (Functional inputs, `image_shape` or `latent_shape`).
         seed: seed of the training noise `SeedGenerator`.
@@ -291,6 +296,7 @@ class DiffusionModel(keras.Model):
         max_generate_steps=250,
         max_generate_batch=64,
         export_sampler="ddim",
+        clip_sample=None,
         sample_shape=None,
         seed=None,
         text_encoder=None,
@@ -335,6 +341,10 @@ class DiffusionModel(keras.Model):
             )
         if seed is not None and not _is_int(seed):
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
+        if clip_sample is not None and not isinstance(clip_sample, bool):
+            raise ValueError(
+                f"`clip_sample` must be None or a bool. Received: clip_sample={clip_sample!r}"
+            )
         if not _is_number(caption_dropout_prob) or not 0.0 <= caption_dropout_prob < 1.0:
             raise ValueError(
                 "`caption_dropout_prob` must be a number in [0, 1). "
@@ -370,6 +380,7 @@ class DiffusionModel(keras.Model):
         self.max_generate_steps = int(max_generate_steps)
         self.max_generate_batch = int(max_generate_batch)
         self.export_sampler = export_sampler
+        self.clip_sample = clip_sample
         self.seed = seed
         self.caption_dropout_prob = float(caption_dropout_prob)
         self._latent_scale_config = None if latent_scale is None else float(latent_scale)
@@ -713,10 +724,16 @@ class DiffusionModel(keras.Model):
         samplers = self._cache.samplers
         if sampler not in samplers:
             # Built eagerly, outside any traced function: DDPM's SeedGenerator is a variable.
-            samplers[sampler] = make_sampler(
-                sampler, self.schedule, prediction_type=self.prediction_type
-            )
+            samplers[sampler] = self._make_sampler(sampler)
         return samplers[sampler]
+
+    def _make_sampler(self, name):
+        clip_sample = self.clip_sample
+        if clip_sample is None:
+            clip_sample = self.autoencoder is None
+        return make_sampler(
+            name, self.schedule, prediction_type=self.prediction_type, clip_sample=clip_sample
+        )
 
     def _sampling_denoiser(self, x, timesteps, labels):
         return self._denoise(x, timesteps, labels, training=False)
@@ -1093,9 +1110,7 @@ class DiffusionModel(keras.Model):
         Returns:
             `{name: (fn, input_specs, limits)}` (see `kzoo.export`).
         """
-        sampler = make_sampler(
-            self.export_sampler, self.schedule, prediction_type=self.prediction_type
-        )
+        sampler = self._make_sampler(self.export_sampler)
         if self.text_conditional:
             return self._text_export_endpoints(sampler)
         conditional = self.num_classes is not None
@@ -1224,6 +1239,7 @@ class DiffusionModel(keras.Model):
             "max_generate_steps": self.max_generate_steps,
             "max_generate_batch": self.max_generate_batch,
             "export_sampler": self.export_sampler,
+            "clip_sample": self.clip_sample,
             "sample_shape": self._sample_shape_config,
             "seed": self.seed,
             **text,

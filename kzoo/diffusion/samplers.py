@@ -128,6 +128,15 @@ class Sampler:
         steps_offset: added to "leading" timesteps (Stable Diffusion uses 1).
         seed: int seed of the sampler's own `SeedGenerator` (stochastic samplers
             only), used when `step` gets no noise or `sample` no seed.
+        clip_sample: clip every step's predicted `x0` to `[-clip_sample_range,
+            clip_sample_range]` (diffusers' `clip_sample`; Ho et al.'s sampler clips
+            to the data range). For pixel-space models of data in [-1, 1]: an
+            eps-predicting model's `x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)`
+            amplifies its error by `1 / sqrt(a)` (~50x at the linear schedule's
+            `t = 900`), which unclipped ODE samplers carry into saturated colours.
+            The eps used afterwards is the one implied by the clipped `x0`
+            (guided-diffusion's DDIM), so the step stays on the ODE's path.
+        clip_sample_range: the bound of `clip_sample`, a number > 0.
     """
 
     stochastic = False
@@ -140,6 +149,8 @@ class Sampler:
         timestep_spacing="trailing",
         steps_offset=0,
         seed=None,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(
@@ -158,6 +169,19 @@ class Sampler:
             )
         if seed is not None and not _is_int(seed):
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
+        if not isinstance(clip_sample, bool):
+            raise ValueError(f"`clip_sample` must be a bool. Received: clip_sample={clip_sample!r}")
+        if (
+            isinstance(clip_sample_range, bool)
+            or not isinstance(clip_sample_range, int | float | np.integer | np.floating)
+            or not 0 < clip_sample_range < float("inf")
+        ):
+            raise ValueError(
+                "`clip_sample_range` must be a finite number > 0. "
+                f"Received: clip_sample_range={clip_sample_range!r}"
+            )
+        self.clip_sample = clip_sample
+        self.clip_sample_range = float(clip_sample_range)
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.timestep_spacing = timestep_spacing
@@ -293,6 +317,16 @@ class Sampler:
     def _step(self, model_output, i, sample, noise, state, n):
         raise NotImplementedError
 
+    def _split(self, model_output, sample, sqrt_alpha, sqrt_one_minus_alpha):
+        """`(x0_hat, eps_hat)` of the model output, `x0_hat` clipped with `clip_sample`."""
+        x0, eps = split_prediction(
+            self.prediction_type, model_output, sample, sqrt_alpha, sqrt_one_minus_alpha
+        )
+        if self.clip_sample:
+            x0 = ops.clip(x0, -self.clip_sample_range, self.clip_sample_range)
+            eps = (sample - sqrt_alpha * x0) / sqrt_one_minus_alpha
+        return x0, eps
+
     # === Config ===
 
     def _extra_config(self):
@@ -305,6 +339,8 @@ class Sampler:
             "timestep_spacing": self.timestep_spacing,
             "steps_offset": self.steps_offset,
             "seed": self.seed,
+            "clip_sample": self.clip_sample,
+            "clip_sample_range": self.clip_sample_range,
             **self._extra_config(),
         }
 
@@ -335,6 +371,7 @@ class DDPMSampler(Sampler):
             "fixed_large" (`beta`); Ho et al. Sec. 3.2.
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
+        clip_sample, clip_sample_range: clip the predicted `x0` (see `Sampler`).
         seed: int seed of the sampler's `SeedGenerator`.
 
     Example:
@@ -355,13 +392,23 @@ class DDPMSampler(Sampler):
         timestep_spacing="trailing",
         steps_offset=0,
         seed=None,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if variance_type not in self.VARIANCE_TYPES:
             raise ValueError(
                 f"`variance_type` must be one of {list(self.VARIANCE_TYPES)}. "
                 f"Received: variance_type={variance_type!r}"
             )
-        super().__init__(schedule, prediction_type, timestep_spacing, steps_offset, seed)
+        super().__init__(
+            schedule,
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            seed,
+            clip_sample,
+            clip_sample_range,
+        )
         self.variance_type = variance_type
 
     def _extra_config(self):
@@ -372,9 +419,7 @@ class DDPMSampler(Sampler):
         t_prev = self._spaced_timestep(ops.cast(i, "int32") + 1, n)
         alpha = self._alpha_cumprod(t)
         alpha_prev = self._alpha_cumprod(t_prev)
-        x0, _ = split_prediction(
-            self.prediction_type, model_output, sample, ops.sqrt(alpha), ops.sqrt(1.0 - alpha)
-        )
+        x0, _ = self._split(model_output, sample, ops.sqrt(alpha), ops.sqrt(1.0 - alpha))
         alpha_step = alpha / alpha_prev
         beta_step = 1.0 - alpha_step
         # Ho et al. Eq. 7: posterior mean and variance between the two timesteps.
@@ -402,6 +447,7 @@ class DDIMSampler(Sampler):
         eta: stochasticity, `>= 0` (0: the probability-flow ODE's first-order solver).
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
+        clip_sample, clip_sample_range: clip the predicted `x0` (see `Sampler`).
         seed: int seed of the sampler's `SeedGenerator` (used when `eta > 0`).
 
     Example:
@@ -419,12 +465,22 @@ class DDIMSampler(Sampler):
         timestep_spacing="trailing",
         steps_offset=0,
         seed=None,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if isinstance(eta, bool) or not isinstance(eta, int | float) or eta < 0:
             raise ValueError(f"`eta` must be a number >= 0. Received: eta={eta!r}")
         self.eta = float(eta)
         self.stochastic = self.eta > 0
-        super().__init__(schedule, prediction_type, timestep_spacing, steps_offset, seed)
+        super().__init__(
+            schedule,
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            seed,
+            clip_sample,
+            clip_sample_range,
+        )
 
     def _extra_config(self):
         return {"eta": self.eta}
@@ -434,9 +490,7 @@ class DDIMSampler(Sampler):
         t_prev = self._spaced_timestep(ops.cast(i, "int32") + 1, n)
         alpha = self._alpha_cumprod(t)
         alpha_prev = self._alpha_cumprod(t_prev)
-        x0, eps = split_prediction(
-            self.prediction_type, model_output, sample, ops.sqrt(alpha), ops.sqrt(1.0 - alpha)
-        )
+        x0, eps = self._split(model_output, sample, ops.sqrt(alpha), ops.sqrt(1.0 - alpha))
         dtype = sample.dtype
         prev_sample = ops.cast(ops.sqrt(alpha_prev), dtype) * x0
         if self.stochastic:
@@ -467,6 +521,7 @@ class DPMSolverMultistepSampler(Sampler):
         solver_order: 2 (default) or 1.
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
+        clip_sample, clip_sample_range: clip the predicted `x0` (see `Sampler`).
 
     Example:
     ```python
@@ -482,12 +537,21 @@ class DPMSolverMultistepSampler(Sampler):
         solver_order=2,
         timestep_spacing="trailing",
         steps_offset=0,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if solver_order not in (1, 2) or isinstance(solver_order, bool):
             raise ValueError(
                 f"`solver_order` must be 1 or 2. Received: solver_order={solver_order!r}"
             )
-        super().__init__(schedule, prediction_type, timestep_spacing, steps_offset)
+        super().__init__(
+            schedule,
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
+        )
         self.solver_order = solver_order
 
     def get_config(self):
@@ -511,7 +575,7 @@ class DPMSolverMultistepSampler(Sampler):
         t_next = self._spaced_timestep(i + 1, n)
         alpha_s, sigma_s = self._log_alpha_sigma(t)
         alpha_n, sigma_n = self._log_alpha_sigma(t_next)
-        x0, _ = split_prediction(self.prediction_type, model_output, sample, alpha_s, sigma_s)
+        x0, _ = self._split(model_output, sample, alpha_s, sigma_s)
         # exp(-h) with h = lambda_next - lambda_s, as a ratio: finite when the target
         # sigma is 0 (last step) or the current alpha is 0 (zero terminal SNR).
         exp_neg_h = alpha_s * sigma_n / (sigma_s * alpha_n)
@@ -555,6 +619,7 @@ class EulerSampler(Sampler):
         karras_rho: the exponent `rho` of Eq. 5.
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
+        clip_sample, clip_sample_range: clip the predicted `x0` (see `Sampler`).
 
     Example:
     ```python
@@ -575,10 +640,19 @@ class EulerSampler(Sampler):
         karras_rho=7.0,
         timestep_spacing="trailing",
         steps_offset=0,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if not karras_rho > 0:
             raise ValueError(f"`karras_rho` must be > 0. Received: karras_rho={karras_rho!r}")
-        super().__init__(schedule, prediction_type, timestep_spacing, steps_offset)
+        super().__init__(
+            schedule,
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
+        )
         self.use_karras_sigmas = bool(use_karras_sigmas)
         self.karras_rho = float(karras_rho)
         self.sigmas = None
@@ -637,8 +711,7 @@ class EulerSampler(Sampler):
         # The model saw x / sqrt(sigma^2 + 1) with alpha = 1 / (1 + sigma^2).
         scale = ops.sqrt(ops.square(sigma) + 1.0)
         dtype = sample.dtype
-        x0, _ = split_prediction(
-            self.prediction_type,
+        x0, _ = self._split(
             model_output,
             sample / ops.cast(scale, dtype),
             ops.cast(1.0 / scale, dtype),
@@ -680,6 +753,7 @@ class HeunSampler(EulerSampler):
         sigma_max: largest sigma, a float > 0; None keeps the schedule's (no cap).
         timestep_spacing: "trailing", "leading" or "linspace".
         steps_offset: added to "leading" timesteps.
+        clip_sample, clip_sample_range: clip the predicted `x0` (see `Sampler`).
 
     Example:
     ```python
@@ -697,6 +771,8 @@ class HeunSampler(EulerSampler):
         sigma_max=80.0,
         timestep_spacing="trailing",
         steps_offset=0,
+        clip_sample=False,
+        clip_sample_range=1.0,
     ):
         if sigma_max is not None and (
             isinstance(sigma_max, bool)
@@ -708,7 +784,14 @@ class HeunSampler(EulerSampler):
                 f"Received: sigma_max={sigma_max!r}"
             )
         super().__init__(
-            schedule, prediction_type, use_karras_sigmas, karras_rho, timestep_spacing, steps_offset
+            schedule,
+            prediction_type,
+            use_karras_sigmas,
+            karras_rho,
+            timestep_spacing,
+            steps_offset,
+            clip_sample,
+            clip_sample_range,
         )
         self.sigma_max = None if sigma_max is None else float(sigma_max)
 

@@ -83,6 +83,7 @@ def test_evaluate_and_reconstruct(trained, capsys):
         (["train", "vqvae_shapes", "--set", "batch_size=big"], "Received: batch_size='big'"),
         (["train", "vqvae_shapes", "--set", "precision=fp8"], "Received: precision='fp8'"),
         (["train", "vqvae_shapes", "--set", "model.codebook_size=0"], "codebook_size=0"),
+        (["train", "vqgan_shapes", "--set", "beta_2=1.0"], "Received: beta_2=1.0"),
         (["evaluate", "/nonexistent/workdir"], "Received: workdir='/nonexistent/workdir'"),
     ],
 )
