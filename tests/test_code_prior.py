@@ -217,6 +217,9 @@ def test_recipes_build_and_run_two_steps(tmp_path):
     tokenizer = trainer.train(config, vq_workdir, steps=2, verbose=0)
     assert int(tokenizer.optimizer.iterations) == 2
     assert int(tokenizer.discriminator_optimizer.iterations) == 1
+    # The recipe's taming betas reach both optimizers (the discriminator's copies the config).
+    for optimizer in (tokenizer.optimizer, tokenizer.discriminator_optimizer):
+        assert (optimizer.beta_1, optimizer.beta_2) == (0.5, 0.9)
 
     config = get_recipe("code_prior_shapes")
     config["model"].update(codebook_size=16, grid_shape=(4, 4), hidden_dim=16, num_layers=1)
