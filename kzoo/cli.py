@@ -216,21 +216,12 @@ def _evaluate_kwargs(recipe_evaluate, num_examples):
 def _autoencoder_metrics(model, config, num_examples):
     """Test-split PSNR and codebook statistics of a VQ autoencoder."""
     import kzoo.data
-    from kzoo.metrics import codebook_stats, psnr
+    from kzoo.metrics import autoencoder_metrics
 
     images, _ = kzoo.data.load_arrays(
         config["dataset"], split="test", num_examples=num_examples, image_size=model.image_shape[0]
     )
-    reconstructions = model.predict(images, batch_size=64, verbose=0)
-    indices = model.encode(images)
-    return {
-        "test_psnr_db": round(psnr(images, reconstructions), 2),
-        **{
-            f"codebook_{k}": (round(v, 4) if isinstance(v, float) else v)
-            for k, v in codebook_stats(indices, model.codebook_size).items()
-        },
-        "num_examples": int(len(images)),
-    }
+    return autoencoder_metrics(model, images)
 
 
 def _cmd_evaluate(args):

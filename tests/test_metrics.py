@@ -392,3 +392,37 @@ def test_compute_kid_defaults_to_cached_classifier(classifier, test_split, monke
     assert np.isfinite(compute_fid(images, images[::-1], feature_fn=user_model))
     with pytest.raises(ValueError, match="2-D"):
         compute_kid(images, images, feature_fn=lambda x: x)
+
+
+def test_autoencoder_metrics_score_the_reconstructions_with_a_classifier():
+    from kzoo.metrics import autoencoder_metrics
+    from kzoo.models import VQVAE
+
+    model = VQVAE(
+        image_shape=(8, 8, 3),
+        codebook_size=16,
+        embedding_dim=4,
+        channels=(8, 8),
+        norm_groups=4,
+        attention=False,
+    )
+    images = np.random.default_rng(0).uniform(-1, 1, (10, 8, 8, 3)).astype(np.float32)
+
+    class Recorder:
+        """Stands in for ShapesClassifier: records what it is asked to score."""
+
+        def attribute_accuracy(self, scored, labels):
+            self.scored = scored
+            return {"shape": 0.25}
+
+    recorder = Recorder()
+    results = autoencoder_metrics(model, images, {"shape": np.zeros(10)}, recorder, batch_size=4)
+    reconstructions = np.asarray(model(images))
+    # The classifier sees the clipped reconstructions, not the inputs.
+    np.testing.assert_allclose(recorder.scored, np.clip(reconstructions, -1, 1), atol=1e-5)
+    mse = np.mean((np.clip(reconstructions, -1, 1) - images) ** 2, axis=(1, 2, 3))
+    assert results["test_psnr_db"] == pytest.approx(np.mean(10 * np.log10(4.0 / mse)), abs=0.01)
+    assert results["reconstruction_shape_accuracy"] == 0.25 and results["num_examples"] == 10
+    assert 0 < results["codebook_usage"] <= 1 and results["codebook_dead_codes"] >= 0
+    with pytest.raises(ValueError, match="`labels` and `classifier` go together"):
+        autoencoder_metrics(model, images, labels={"shape": np.zeros(10)})

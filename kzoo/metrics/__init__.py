@@ -1,5 +1,6 @@
 """Metrics: image quality, codebook health, and KID / FID in a learned feature space."""
 
+from kzoo.metrics.autoencoder import autoencoder_metrics
 from kzoo.metrics.codebook import codebook_stats
 from kzoo.metrics.features import (
     ShapesClassifier,
@@ -13,6 +14,7 @@ from kzoo.metrics.kid import compute_kid, kernel_inception_distance
 
 __all__ = [
     "ShapesClassifier",
+    "autoencoder_metrics",
     "codebook_stats",
     "compute_fid",
     "compute_kid",
