@@ -16,11 +16,13 @@ Why these settings (each run 900 steps, discriminator from step 400, 2 CPU cores
 L1 `rec_loss` and batch codebook usage are means over 100 steps, from `log.csv`;
 PSNR and the ShapesClassifier's shape accuracy on 600 test reconstructions):
 
-| run | L1 before the disc -> after | usage after | PSNR | shape |
-|---|---|---|---|---|
-| disc_weight 0.8, betas (0.9, 0.999), no ramp, disc at 1000 (earlier session) | 0.050 -> 0.81 -> 1.05 | 0.28-0.42 (38 dead codes) | - | - |
-| disc_weight 0.8, betas (0.5, 0.9), 200-step ramp | 0.126 -> 0.12, 0.20, 0.13, 0.23 | 0.83-0.88 | 20.02 dB | 0.157 |
-| disc_weight 0.2, betas (0.5, 0.9), 200-step ramp | 0.126 -> 0.102, 0.107, 0.097, 0.095, 0.097 | 0.87-0.90 | 22.13 dB | 0.170 |
+| weight | betas | ramp | L1 per 100 steps, disc on | usage | PSNR | shape |
+|---|---|---|---|---|---|---|
+| 0.8 (a) | 0.9, 0.999 | none | 0.050 -> 0.81, 1.05 | 0.28-0.42 | - | - |
+| 0.8 | 0.5, 0.9 | 200 | 0.126 -> 0.12, 0.20, 0.13, 0.23 | 0.83-0.88 | 20.02 dB | 0.157 |
+| 0.2 | 0.5, 0.9 | 200 | 0.126 -> 0.10, 0.11, 0.097, 0.095 | 0.87-0.90 | 22.13 dB | 0.170 |
+
+(a) An earlier session's run, discriminator from step 1000 (38 dead codes after).
 
 The collapse of the first row is gone with the betas and the ramp (Adam's
 `beta_2 = 0.999` keeps the second moment of the small reconstruction gradients
