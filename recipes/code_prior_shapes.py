@@ -10,18 +10,19 @@ batches (start token per shape class, then the raster-order codes). Sampling:
 `kzoo.models.Generator(prior, tokenizer, top_k=...)` exports one `generate`
 endpoint (labels, seed -> images).
 
-Result (over the 1,000-step `vqgan_shapes` tokenizer, whose codes keep no shape):
+Result (over the 1,500-step `vqgan_shapes` tokenizer of 2026-12-05, EMA weights,
+23.28 dB; its codes keep colour but no shape):
     kzoo train code_prior_shapes --workdir runs/code_prior_shapes \\
-        --set vq_workdir=runs/vqgan_shapes --steps 2800          # 13 min 50 s
+        --set vq_workdir=runs/vqgan_shapes --steps 2800          # 8 min 17 s
     kzoo sample runs/code_prior_shapes --out samples.png --num 12
-2,800 of the 5,000 steps (stopped for time) at batch 32, 13 min 50 s wall on 2
-shared CPU cores: next-code accuracy 0.731 and loss 0.845 on the last 100 training
+2,800 of the 5,000 steps (stopped for time) at batch 32, 8 min 17 s wall on 2
+CPU cores: next-code accuracy 0.722 and loss 0.880 on the last 100 training
 batches. Samples (temperature 1.0, no top-k) show the four backgrounds and a
-blurred coloured blob at a plausible position, like the tokenizer's
-reconstructions; no shape is recognisable and the rows (one per class) look alike.
-The kzoo_shapes classifier finds the requested shape in 16.5% of 600 samples
-(100 per class; chance 16.7%), the same with top-k 32; it calls 597 of them a
-circle or a square. The tokenizer is the bottleneck: the classifier scores 17.3% on its
+coloured blob at a plausible position, like the tokenizer's reconstructions; no
+shape is recognisable and the rows (one per class) look alike. The kzoo_shapes
+classifier finds the requested shape in 18.8% of 600 samples (100 per class;
+chance 16.7%; an earlier prior over a 1,000-step generator-only tokenizer: 16.5%).
+The tokenizer is the bottleneck: the classifier scores 17.3% on its
 reconstructions of test images (94.0% on the real images). The 6x8 grid and the
 score:
 
@@ -40,7 +41,7 @@ score:
     images = np.concatenate([np.asarray(generator.generate(labels=labels[i : i + 120], seed=1 + i))
                              for i in range(0, 600, 120)])
     classifier = load_or_train_shapes_classifier(image_size=32)
-    print(classifier.attribute_accuracy(images, {"shape": labels}))  # {'shape': 0.165}
+    print(classifier.attribute_accuracy(images, {"shape": labels}))  # {'shape': 0.188}
 """
 
 import os
