@@ -16,7 +16,7 @@ from kzoo.diffusion import (
     min_snr_loss_weight,
     sample,
 )
-from kzoo.testing import dtype_policy
+from kzoo.testing import dtype_policy, tiny_vqvae
 
 SHAPE = (4, 4, 2)
 
@@ -274,21 +274,6 @@ def test_generate_with_each_sampler(sampler):
 
 
 # === Latent diffusion ===
-
-
-def tiny_vqvae():
-    from kzoo.models import VQVAE
-
-    vqvae = VQVAE(
-        image_shape=(8, 8, 3),
-        codebook_size=16,
-        embedding_dim=4,
-        channels=(8, 8),
-        num_res_blocks=1,
-        norm_groups=4,
-        attention=False,
-    )
-    return vqvae
 
 
 def test_latent_diffusion_trains_on_scaled_latents_and_decodes(tmp_path):

@@ -396,16 +396,9 @@ def test_compute_kid_defaults_to_cached_classifier(classifier, test_split, monke
 
 def test_autoencoder_metrics_score_the_reconstructions_with_a_classifier():
     from kzoo.metrics import autoencoder_metrics
-    from kzoo.models import VQVAE
+    from kzoo.testing import tiny_vqvae
 
-    model = VQVAE(
-        image_shape=(8, 8, 3),
-        codebook_size=16,
-        embedding_dim=4,
-        channels=(8, 8),
-        norm_groups=4,
-        attention=False,
-    )
+    model = tiny_vqvae()
     images = np.random.default_rng(0).uniform(-1, 1, (10, 8, 8, 3)).astype(np.float32)
 
     class Recorder:

@@ -68,6 +68,14 @@ def _is_int(value):
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def _is_finite_positive(value):
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool)
+        and 0 < value < float("inf")
+    )
+
+
 class _StepSeed(keras.random.SeedGenerator):
     """A seed whose value is a tensor, for one stateless draw per loop iteration.
 
@@ -171,11 +179,7 @@ class Sampler:
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
         if not isinstance(clip_sample, bool):
             raise ValueError(f"`clip_sample` must be a bool. Received: clip_sample={clip_sample!r}")
-        if (
-            isinstance(clip_sample_range, bool)
-            or not isinstance(clip_sample_range, int | float | np.integer | np.floating)
-            or not 0 < clip_sample_range < float("inf")
-        ):
+        if not _is_finite_positive(clip_sample_range):
             raise ValueError(
                 "`clip_sample_range` must be a finite number > 0. "
                 f"Received: clip_sample_range={clip_sample_range!r}"
@@ -774,11 +778,7 @@ class HeunSampler(EulerSampler):
         clip_sample=False,
         clip_sample_range=1.0,
     ):
-        if sigma_max is not None and (
-            isinstance(sigma_max, bool)
-            or not isinstance(sigma_max, int | float | np.integer | np.floating)
-            or not 0 < sigma_max < float("inf")
-        ):
+        if sigma_max is not None and not _is_finite_positive(sigma_max):
             raise ValueError(
                 "`sigma_max` must be None or a finite number > 0. "
                 f"Received: sigma_max={sigma_max!r}"

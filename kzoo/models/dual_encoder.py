@@ -327,6 +327,10 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         """The current logit scale `exp(min(t, max_logit_scale))`, a float32 scalar."""
         return ops.exp(ops.minimum(ops.cast(self.logit_scale, "float32"), self.max_logit_scale))
 
+    def _logits(self, image_embeddings, text_embeddings):
+        """Scaled cosine similarities `(images, texts)` of unit embeddings."""
+        return self.scale() * ops.matmul(image_embeddings, ops.transpose(text_embeddings))
+
     def encode_tokens(self, token_ids, training=False):
         """l2-normalised float32 text embeddings `(B, embedding_dim)` of token ids `(B, T)`."""
         pooled = self.text_encoder(token_ids, training=training)["pooled"]
@@ -375,7 +379,7 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
                 token_ids = shortened_ids
         image_embeddings = self.encode_image(images, training=training)
         text_embeddings = self.encode_tokens(token_ids, training=training)
-        logits = self.scale() * ops.matmul(image_embeddings, ops.transpose(text_embeddings))
+        logits = self._logits(image_embeddings, text_embeddings)
         outputs = {
             "logits": logits,
             "image_embeddings": image_embeddings,
@@ -386,9 +390,7 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
         if training and self.word_dropout > 0 and self.keep_full_captions:
             shortened = self.encode_tokens(shortened_ids, training=training)
             outputs["shortened_ids"] = shortened_ids
-            outputs["shortened_logits"] = self.scale() * ops.matmul(
-                image_embeddings, ops.transpose(shortened)
-            )
+            outputs["shortened_logits"] = self._logits(image_embeddings, shortened)
         if training and self.hard_negatives:
             negative_ids = ops.concatenate(
                 [
@@ -399,9 +401,7 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             )  # (num_hard_negatives * B, T)
             negatives = self.encode_tokens(negative_ids, training=training)
             outputs["negative_ids"] = negative_ids
-            outputs["negative_logits"] = self.scale() * ops.matmul(
-                image_embeddings, ops.transpose(negatives)
-            )
+            outputs["negative_logits"] = self._logits(image_embeddings, negatives)
         return outputs
 
     def _swap_words(self, caption_ids, shift=1):

@@ -37,6 +37,21 @@ def assert_keras_roundtrip(model, inputs, directory, atol=0.0):
     return reloaded
 
 
+def tiny_vqvae():
+    """An untrained 8x8 VQ-VAE (16 codes of 4 dims, a 4x4 code grid) that builds in milliseconds."""
+    from kzoo.models import VQVAE
+
+    return VQVAE(
+        image_shape=(8, 8, 3),
+        codebook_size=16,
+        embedding_dim=4,
+        channels=(8, 8),
+        num_res_blocks=1,
+        norm_groups=4,
+        attention=False,
+    )
+
+
 def gradients(fn, variables):
     """Gradients of the scalar `fn()` with respect to `variables` (TF backend)."""
     import tensorflow as tf

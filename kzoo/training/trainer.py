@@ -14,6 +14,7 @@ from kzoo.training import checkpoint as ckpt
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+ADAM_BETAS = ("beta_1", "beta_2")
 
 
 MODEL_PACKAGES = ("kzoo.models", "kzoo.diffusion")
@@ -50,13 +51,12 @@ def build_optimizer(config):
     return keras.optimizers.AdamW(
         learning_rate=config["learning_rate"],
         weight_decay=config["weight_decay"],
-        # Optional: GAN recipes use taming's (0.5, 0.9); Keras' defaults otherwise.
-        beta_1=config.get("beta_1", 0.9),
-        beta_2=config.get("beta_2", 0.999),
         use_ema=bool(config.get("ema", False)),
         gradient_accumulation_steps=(
             config["grad_accum_steps"] if config.get("grad_accum_steps", 1) > 1 else None
         ),
+        # Optional recipe keys (GAN recipes use taming's 0.5, 0.9); Keras' defaults otherwise.
+        **{key: config[key] for key in ADAM_BETAS if key in config},
     )
 
 
@@ -81,8 +81,10 @@ def validate_config(config):
         raise ValueError(
             f"`learning_rate` must be positive. Received: learning_rate={config['learning_rate']!r}"
         )
-    for key in ("beta_1", "beta_2"):
-        value = config.get(key, 0.5)
+    for key in ADAM_BETAS:
+        if key not in config:
+            continue
+        value = config[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
             raise ValueError(f"`{key}` must be a float in [0, 1). Received: {key}={value!r}")
 
