@@ -16,6 +16,9 @@ prints:
 2. the jit table: kzoo items/s per `jit_compile` setting, or why one failed.
 3. the load table: worst `loadavg_before`, lowest `cpu_util` and highest
    `others_cpu_per_s` of each side's runs, so contaminated runs are visible.
+Rows timed in bfloat16 (`benchmarks.run --precision mixed_bfloat16`, the peers
+through `benchmarks/peer_autocast.py`) are their own workload, `NAME (bf16)`,
+compared only with each other.
 4. the peak-memory table of `"kind": "peak_memory"` rows (dit_train_memory),
    which time nothing and are left out of the tables above.
 """
@@ -53,6 +56,16 @@ def side(row):
     raise ValueError(f"Row is neither kzoo's nor a peer's. Received: row keys={sorted(row)}")
 
 
+BF16_PRECISIONS = ("mixed_bfloat16", "autocast_bfloat16")
+
+
+def workload_key(row):
+    """The table row of a result: its workload, with " (bf16)" for bfloat16 runs."""
+    if row.get("precision") in BF16_PRECISIONS:
+        return f"{row['workload']} (bf16)"
+    return row["workload"]
+
+
 def _ok(row):
     return row.get("status", "ok") == "ok" and row.get("median_s_per_step")
 
@@ -70,7 +83,7 @@ def summarize(rows):
     for row in rows:
         if row.get("kind") == MEMORY_KIND:
             continue
-        entry = out.setdefault(row["workload"], {"kzoo": {}, "peer": [], "failed": {}})
+        entry = out.setdefault(workload_key(row), {"kzoo": {}, "peer": [], "failed": {}})
         if side(row) == "peer":
             if _ok(row):
                 entry["peer"].append(row)
@@ -146,7 +159,8 @@ def tables(rows):
     """The three markdown tables (a string) for the rows of one sitting."""
     data = summarize(rows)
     peak = sitting_peak(rows)
-    names = [n for n in ORDER if n in data] + sorted(n for n in data if n not in ORDER)
+    order = [key for name in ORDER for key in (name, f"{name} (bf16)")]
+    names = [n for n in order if n in data] + sorted(n for n in data if n not in order)
     header = (
         f"100% of peak = {peak / 1e9:.0f} GFLOP/s (kzoo's fastest matmul_peak step in this file)"
         if peak

@@ -4,6 +4,7 @@ Usage:
     python -m benchmarks.run --workload NAME|all [--steps N] [--warmup W]
         [--jit-compile true|false|both] [--peak-flops F] [--out FILE.jsonl]
         [--wait-load 0.5 --wait-max 300] [--mm-size 2048]
+        [--precision float32|mixed_bfloat16|mixed_float16]
 
 Each (workload, jit_compile) pair prints ONE JSON line on stdout (progress goes
 to stderr) with the fields of shared/BENCHMARKS.md (`workload`, `framework`,
@@ -17,6 +18,10 @@ shared/bench/peers.py; every workload is built fresh for each jit setting.
 fields null) holds the peak memory of dit_train steps as one batch of 32 and as
 gradient accumulation 4 x 8, each measured in a fresh subprocess; `--steps` is
 the number of optimizer steps per setting.
+
+`--precision` sets the Keras dtype policy before each workload is built (default
+float32, as the peers); a row records it as `precision`. `matmul_peak` stays fp32
+whatever the policy, so `pct_of_peak` keeps one denominator.
 
 `pct_of_peak` uses `--peak-flops` when given, else the fastest step of a
 `matmul_peak` run earlier in the same invocation (so `--workload all` measures
@@ -46,6 +51,7 @@ WORKLOAD_MODULES = {
 MEMORY_WORKLOADS = ("dit_train_memory",)
 # unet_sample: single denoiser calls timed after the sample calls, as peers.py.
 DENOISER_CALLS = 10
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}
 
 
@@ -108,10 +114,18 @@ def run_workload(name, jit_compile, args, peak_flops):
         # or short (the same floor as peers.py).
         warmup, steps = max(warmup, 3), max(steps, 20)
 
-    row = {"workload": name, "framework": "kzoo", "jit_compile": jit_compile, "status": "ok"}
+    row = {
+        "workload": name,
+        "framework": "kzoo",
+        "jit_compile": jit_compile,
+        # matmul_peak is float32 whatever the policy: the one denominator of pct_of_peak.
+        "precision": "float32" if name == "matmul_peak" else args.precision,
+        "status": "ok",
+    }
     if args.wait_load is not None:
         row["quiet_wait"] = _timing.wait_for_low_load(args.wait_load, args.wait_max)
         log(f"{name}: load wait {row['quiet_wait']}")
+
     row["loadavg_before"] = _timing.loadavg()
     start = time.perf_counter()
     kwargs = {"mm_size": args.mm_size} if name == "matmul_peak" else {}
@@ -288,6 +302,12 @@ def main(argv=None):
     parser.add_argument(
         "--wait-max", type=float, default=300.0, help="give up waiting for low load after this (s)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="Keras dtype policy of the models (default float32, as the peers)",
+    )
     args = parser.parse_args(argv)
     names = list(WORKLOAD_MODULES) if args.workload == ["all"] else args.workload
     for name in names:
@@ -302,9 +322,13 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    import keras
+
     peak = args.peak_flops
+    policy = keras.config.dtype_policy()
     for name in names:
         for jit in JIT_CHOICES[args.jit_compile]:
+            keras.config.set_dtype_policy(args.precision)  # before the models are built
             try:
                 row = run_workload(name, jit, args, peak)
             except Exception as error:  # a failing jit setting is a result too
@@ -312,6 +336,8 @@ def main(argv=None):
                 _emit(row, args.out)
                 log(f"{name} jit={jit}: FAILED: {row['error']}")
                 continue
+            finally:
+                keras.config.set_dtype_policy(policy)
             if args.peak_flops is None and name == "matmul_peak":
                 # The fastest matmul of this invocation is the peak for what follows.
                 peak = max(peak or 0.0, row["achieved_flops_per_s_best"])

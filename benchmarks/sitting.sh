@@ -10,6 +10,10 @@
 # workload by measurement (JIT below); one extra kzoo run with the other setting
 # fills the jit table. Run it on an otherwise idle machine; every line records
 # the load it saw. Summarise with: python -m benchmarks.compare OUT.jsonl
+#
+# PRECISION=mixed_bfloat16 times both sides in bfloat16 instead: kzoo with
+# `--precision mixed_bfloat16`, the peers through benchmarks/peer_autocast.py
+# (torch.autocast); the matmul peak stays float32.
 set -euo pipefail
 
 out=${1:?usage: sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]}
@@ -31,8 +35,21 @@ declare -A JIT=(
 )
 other() { [ "$1" = true ] && echo false || echo true; }
 
-kzoo() { (cd "$here" && "$kzoo_python" -m benchmarks.run --out "$out" "$@" >/dev/null); }
-peer() { "$peer_python" "$peers" --json "$@" >>"$out"; }
+precision=${PRECISION:-float32}
+case "$precision" in
+  float32 | mixed_bfloat16) ;;
+  *) echo "PRECISION must be float32 or mixed_bfloat16. Received: PRECISION=$precision" >&2; exit 2 ;;
+esac
+kzoo() {
+  (cd "$here" && "$kzoo_python" -m benchmarks.run --precision "$precision" --out "$out" "$@" >/dev/null)
+}
+peer() {
+  if [ "$precision" = float32 ]; then
+    "$peer_python" "$peers" --json "$@" >>"$out"
+  else
+    "$peer_python" "$here/benchmarks/peer_autocast.py" "$peers" --json "$@" >>"$out"
+  fi
+}
 
 kzoo --workload matmul_peak --jit-compile true
 peak=$("$kzoo_python" - "$out" <<'EOF'

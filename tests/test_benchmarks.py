@@ -1,6 +1,7 @@
 import functools
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -188,10 +189,10 @@ TINY_DIT = dict(
 )
 
 
-def _run_tiny(monkeypatch, capsys, module, names, **overrides):
+def _run_tiny(monkeypatch, capsys, module, names, extra_argv=(), **overrides):
     monkeypatch.setattr(module, "build", functools.partial(module.build, **overrides))
     argv = ["--workload", *names, "--steps", "1", "--warmup", "0", "--jit-compile", "false"]
-    run.main([*argv, "--peak-flops", "1e11"])
+    run.main([*argv, "--peak-flops", "1e11", *extra_argv])
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["workload"] for r in rows] == names
     for row in rows:
@@ -232,6 +233,47 @@ def test_unet_train_on_a_tiny_unet(monkeypatch, capsys):
     time_dense1 = 2 * 2 * 8 * 16
     assert row["flops_per_step"] == 3 * forward_flops - conv_in - time_dense1
     assert {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"} <= set(row["flops_by_op"])
+
+
+def test_precision_flag_builds_the_model_under_that_policy_and_restores_it(monkeypatch, capsys):
+    policies = []
+    build = unet_bench.build
+
+    def spy(*args, **kwargs):
+        policies.append(keras.config.dtype_policy().name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(unet_bench, "build", spy)
+    (row,) = _run_tiny(
+        monkeypatch,
+        capsys,
+        unet_bench,
+        ["unet_train"],
+        extra_argv=["--precision", "mixed_bfloat16"],
+        batch=2,
+        model_kwargs=TINY_UNET,
+    )
+    assert policies == ["mixed_bfloat16"] and row["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # restored for what follows
+    with pytest.raises(SystemExit):
+        run.main(["--workload", "unet_train", "--precision", "float16"])
+
+
+def test_compare_keeps_bfloat16_rows_apart_from_float32_rows():
+    rows = [
+        _row("unet_train", "kzoo", 2.0, 1.9, jit=False, items=32),
+        _row("unet_train", "peer", 1.6, 1.5, items=32),
+        {
+            **_row("unet_train", "kzoo", 1.0, 0.9, jit=False, items=32),
+            "precision": "mixed_bfloat16",
+        },
+        {**_row("unet_train", "peer", 0.8, 0.7, items=32), "precision": "autocast_bfloat16"},
+    ]
+    lines = compare.tables(rows).splitlines()
+    fp32 = next(x for x in lines if x.startswith("| unet_train |"))
+    bf16 = next(x for x in lines if x.startswith("| unet_train (bf16) |"))
+    assert "**0.80x**" in fp32 and "**0.80x**" in bf16
+    assert bf16.split("|")[2].strip().startswith("32.0")  # 32 images / 1.0 s
 
 
 def test_unet_sample_on_a_tiny_unet(monkeypatch, capsys):
