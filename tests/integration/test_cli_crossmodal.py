@@ -83,8 +83,10 @@ def test_evaluate_dual_encoder_prints_zero_shot_and_recall(workdirs, capsys):
         "zero_shot_shape_accuracy",
         "zero_shot_shape_accuracy_ensemble",
         "zero_shot_color_accuracy",
+        "caption_swap_shape_accuracy",
         *recalls,
     }
+    assert 0.0 <= metrics["caption_swap_shape_accuracy"] <= 1.0
 
 
 def test_evaluate_bad_input_is_one_clear_line(workdirs, tmp_path, capsys):
