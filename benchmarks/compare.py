@@ -16,11 +16,12 @@ prints:
 2. the jit table: kzoo items/s per `jit_compile` setting, or why one failed.
 3. the load table: worst `loadavg_before`, lowest `cpu_util` and highest
    `others_cpu_per_s` of each side's runs, so contaminated runs are visible.
+4. the peak-memory table of `"kind": "peak_memory"` rows (dit_train_memory),
+   which time nothing and are left out of the tables above.
+
 Rows timed in bfloat16 (`benchmarks.run --precision mixed_bfloat16`, the peers
 through `benchmarks/peer_autocast.py`) are their own workload, `NAME (bf16)`,
 compared only with each other.
-4. the peak-memory table of `"kind": "peak_memory"` rows (dit_train_memory),
-   which time nothing and are left out of the tables above.
 """
 
 import argparse

@@ -4,7 +4,7 @@ Usage:
     python -m benchmarks.run --workload NAME|all [--steps N] [--warmup W]
         [--jit-compile true|false|both] [--peak-flops F] [--out FILE.jsonl]
         [--wait-load 0.5 --wait-max 300] [--mm-size 2048]
-        [--precision float32|mixed_bfloat16|mixed_float16]
+        [--precision float32|mixed_bfloat16]
 
 Each (workload, jit_compile) pair prints ONE JSON line on stdout (progress goes
 to stderr) with the fields of shared/BENCHMARKS.md (`workload`, `framework`,
@@ -20,7 +20,8 @@ gradient accumulation 4 x 8, each measured in a fresh subprocess; `--steps` is
 the number of optimizer steps per setting.
 
 `--precision` sets the Keras dtype policy before each workload is built (default
-float32, as the peers); a row records it as `precision`. `matmul_peak` stays fp32
+float32, as the peers; mixed_bfloat16 is timed against benchmarks/peer_autocast.py,
+the peers under torch.autocast); a row records it as `precision`. `matmul_peak` stays fp32
 whatever the policy, so `pct_of_peak` keeps one denominator.
 
 `pct_of_peak` uses `--peak-flops` when given, else the fastest step of a
@@ -51,7 +52,7 @@ WORKLOAD_MODULES = {
 MEMORY_WORKLOADS = ("dit_train_memory",)
 # unet_sample: single denoiser calls timed after the sample calls, as peers.py.
 DENOISER_CALLS = 10
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16")  # the two with a peer counterpart
 JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}
 
 
@@ -125,7 +126,6 @@ def run_workload(name, jit_compile, args, peak_flops):
     if args.wait_load is not None:
         row["quiet_wait"] = _timing.wait_for_low_load(args.wait_load, args.wait_max)
         log(f"{name}: load wait {row['quiet_wait']}")
-
     row["loadavg_before"] = _timing.loadavg()
     start = time.perf_counter()
     kwargs = {"mm_size": args.mm_size} if name == "matmul_peak" else {}

@@ -130,10 +130,8 @@ def evaluate(model, num_examples=1000, batch_size=100):
                 results[f"{key}_{size}"] = round(float(accuracy), 4)
 
     captions = list(labels["caption"])
-    image_embeddings = np.concatenate(
-        [np.asarray(model.encode_image(images[i : i + 256])) for i in range(0, len(images), 256)]
-    )
-    text_embeddings = _encode_texts(model, captions)
+    image_embeddings = _batched(model.encode_image, images)
+    text_embeddings = _batched(model.encode_text, captions)
     results["caption_swap_shape_accuracy"] = _caption_swap_accuracy(
         model, image_embeddings, captions, labels["shape"]
     )
@@ -161,14 +159,12 @@ def evaluate(model, num_examples=1000, batch_size=100):
     return results
 
 
-def _encode_texts(model, texts, batch_size=256):
+def _batched(encode, items, batch_size=256):
+    """`encode` (an image or text tower) over `items` in batches, as one NumPy array."""
     import numpy as np
 
     return np.concatenate(
-        [
-            np.asarray(model.encode_text(texts[i : i + batch_size]))
-            for i in range(0, len(texts), batch_size)
-        ]
+        [np.asarray(encode(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
     )
 
 
@@ -188,7 +184,7 @@ def _caption_swap_accuracy(model, image_embeddings, captions, shape_ids):
         for caption, shape_id in zip(captions, shape_ids, strict=True)
         for name in shapes
     ]
-    texts = _encode_texts(model, variants).reshape(len(captions), len(shapes), -1)
+    texts = _batched(model.encode_text, variants).reshape(len(captions), len(shapes), -1)
     choice = np.argmax(np.einsum("nd,nkd->nk", image_embeddings, texts), axis=1)
     return round(float(np.mean(choice == np.asarray(shape_ids))), 4)
 

@@ -256,7 +256,7 @@ def test_precision_flag_builds_the_model_under_that_policy_and_restores_it(monke
     assert policies == ["mixed_bfloat16"] and row["precision"] == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # restored for what follows
     with pytest.raises(SystemExit):
-        run.main(["--workload", "unet_train", "--precision", "float16"])
+        run.main(["--workload", "unet_train", "--precision", "mixed_float16"])
 
 
 def test_compare_keeps_bfloat16_rows_apart_from_float32_rows():
