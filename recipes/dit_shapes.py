@@ -14,12 +14,13 @@ Cost: 11 GFLOP per training step (batch 32, 1.3M parameters); measured 0.29
 CPU-seconds per step on the shared 2-core machine, about 5 minutes for 2000 steps
 on 2 idle cores.
 
-Result: not trained to completion yet. 1000 steps (`--steps 1000`, 2026-11-25):
-4 min 24 s on the shared 2-core machine, final epoch loss 0.0168; samples show
-plain backgrounds with small multicoloured blobs, not shapes (shape accuracy at
-chance); KID DPM-Solver++ 1.48 / 1.11 / 0.96 at 10 / 20 / 50 steps, DDIM 1.84 /
-1.42 / 1.12; Heun diverges on this cosine schedule. See README.md ("Trained
-samples and quality vs sampler steps").
+Result (2026-12-06, the default 2000 steps, `--set precision=mixed_bfloat16`: 7 min
+37 s beside another training run, final epoch loss 0.0139): plain backgrounds
+with small objects, not shapes (shape accuracy 0.15-0.21, chance 1/6); KID
+DPM-Solver++ 1.33 / 0.93 / 0.75 at 10 / 20 / 50 steps, DDIM 1.71 / 1.21 / 0.91,
+Heun 0.23 at 10 steps (19 NFE, the best row), DDPM 50 steps 1.24. Measured with
+    python -m benchmarks.quality_diffusion runs/dit_shapes --samples 256 --ddpm-steps 50 --no-floor
+See README.md ("Trained samples and quality vs sampler steps").
 """
 
 
