@@ -71,7 +71,8 @@ def main(argv):
 
     def tagged(name, args, peak_flops):
         row = run_workload(name, args, peak_flops)
-        row["precision"] = PRECISION if name != "matmul_peak" else "float32"
+        # The wrapped builders put the precision in the config; the peak has none.
+        row["precision"] = row["config"].get("precision", "float32")
         return row
 
     peers.run_workload = tagged
