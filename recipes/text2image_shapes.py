@@ -31,7 +31,7 @@ classifier's label with the caption; `python -m recipes.text2image_shapes WORKDI
 | this recipe (U-Net, 4,000 steps)                   | 1.00 | 0.965 | 0.795 | 0.40 | 0.10 |
 | + x/y coordinate channels at the U-Net input       | 1.00 | 0.975 | 0.74 | 0.225 | 0.125 |
 | + coordinates, no min-SNR weights (`snr_gamma=None`) | 1.00 | 0.98 | 0.785 | 0.22 | 0.14 |
-| 4 attention heads (`--set model.denoiser.num_heads=4`, 16 min 21 s) | 1.00 | 0.965 | 0.75 | 0.27 | 0.145 |
+| 4 heads (`model.denoiser.num_heads=4`, 16 min) | 1.00 | 0.965 | 0.75 | 0.27 | 0.145 |
 | previous recipe: DiT (width 128, depth 4), 600 steps | 1.00 | 0.11 | 0.42 | 0.17 | 0.09 |
 | the same DiT, 2,000 steps                          | 1.00 | 0.18 | 0.34 | 0.17 | 0.09 |
 | chance (1 / values)                                | 0.25 | 0.125 | 0.33 | 0.17 | 0.11 |
@@ -48,9 +48,11 @@ tower to ignore the position words. Coordinate channels (CoordConv, so the
 convolutions know where they are), plain v-loss weights (the min-SNR weights
 nearly zero the high-noise steps where the layout is decided) and four attention
 heads (so one can attend to the position words) did not change that; none is
-kept. Their shape agreement, 0.22-0.27, also says how much the 0.40 of one run
-of the recipe may owe to its seed (200 captions: standard error 0.035). The DiT of the previous recipe, which
-has position embeddings, was at chance too. Still open (issue 6).
+kept. Their shape agreement, 0.22-0.27, also says how much the 0.40 of the
+recipe may owe to chance (one seed; 200 captions: standard error 0.035; training
+is deterministic: a second run with the same seed gave bit-identical weights). The DiT
+of the previous recipe, which has position embeddings, was at chance too. Still
+open (issue 6).
 """
 
 import json

@@ -264,9 +264,9 @@ def test_bad_inputs_raise_clear_errors(model):
 def test_short_fit_lowers_the_loss():
     """A short eager fit on kzoo_shapes pairs lowers the loss.
 
-    Faithfulness (a classifier agreeing with the caption above chance) needs minutes
-    of training, more than this suite can spend: `recipes/text2image_shapes.py`
-    measures it (see its docstring and README.md).
+    Faithfulness: the background below; the object's colour, size and shape need
+    minutes of training, more than this suite can spend: `recipes/text2image_shapes.py`
+    measures them with a classifier (see its docstring and README.md).
     """
     import kzoo.data
 
