@@ -175,6 +175,58 @@ def test_keras_round_trip_keeps_tokenizer_text_encoder_and_weights(model, tmp_pa
     assert not {"text_encoder", "tokenizer", "caption_dropout_prob"} & set(plain.get_config())
 
 
+def test_a_text_encoder_built_frozen_stays_frozen_in_training_and_after_reload(tmp_path):
+    """`TextEncoder(..., trainable=False)`, as a recipe config or a `.keras` file builds it.
+
+    Keras 3.15's Functional sets the flag before it tracks its layers, so without
+    `kzoo.models._trainable` the parent still listed the encoder's variables and
+    `fit` changed them.
+    """
+    size = Tokenizer("kzoo_shapes").vocabulary_size
+    frozen = TextEncoder(size, LENGTH, hidden_dim=WIDTH, num_layers=1, trainable=False)
+    model = make_model(text_encoder=frozen)
+    x_t = np.random.default_rng(3).standard_normal((2, *SHAPE)).astype("float32")
+    model([x_t, np.array([5.0, 50.0], np.float32), model.tokenize(CAPTIONS)])
+    frozen_ids = {id(v) for v in frozen.weights}
+    assert frozen.weights and not frozen_ids & {id(v) for v in model.trainable_variables}
+    assert model.trainable_variables  # the denoiser still trains
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)
+    before_text = [np.array(w) for w in frozen.weights]
+    before_unet = [np.array(w) for w in model.denoiser.trainable_weights]
+    model.fit(tf.data.Dataset.from_tensors((x_t, tf.constant(CAPTIONS))), verbose=0)
+    for weight, value in zip(frozen.weights, before_text, strict=True):
+        np.testing.assert_array_equal(np.array(weight), value)
+    assert any(
+        np.abs(np.array(w) - b).max() > 0
+        for w, b in zip(model.denoiser.trainable_weights, before_unet, strict=True)
+    )
+
+    path = os.path.join(tmp_path, "frozen_text.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not loaded.text_encoder.trainable
+    loaded_ids = {id(v) for v in loaded.text_encoder.weights}
+    assert not loaded_ids & {id(v) for v in loaded.trainable_variables}
+
+
+@pytest.mark.parametrize("kind", ["image_encoder", "unet", "dit"])
+def test_other_functional_models_built_frozen_have_no_trainable_variable(kind):
+    from kzoo.models import ImageEncoder
+
+    build = {
+        "image_encoder": lambda: ImageEncoder(SHAPE, patch_size=4, hidden_dim=16, num_layers=1),
+        "unet": lambda: make_unet(context_dim=None),
+        "dit": lambda: DiT(
+            SHAPE, patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=None
+        ),
+    }[kind]
+    model = build()
+    assert any(v.trainable for v in model.weights)
+    frozen = type(model).from_config({**model.get_config(), "trainable": False})
+    assert frozen.weights and not any(v.trainable for v in frozen.weights)
+
+
 @pytest.mark.slow  # export, a fresh-process parity run and a reload: about a minute
 def test_saved_model_generate_from_text_equals_keras_and_enforces_limits(model, tmp_path):
     endpoints = _core.get_endpoints(model)

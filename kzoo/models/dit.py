@@ -24,6 +24,7 @@ from kzoo.layers import (
     SinusoidalTimestepEmbedding,
 )
 from kzoo.layers.embeddings import _check_positive_int
+from kzoo.models._trainable import apply_trainable_flag
 from kzoo.models.unet import (
     _check_context_dim,
     _check_int_tuple,
@@ -196,6 +197,7 @@ class DiT(keras.Model):
         )(x)
         kwargs.setdefault("name", "dit")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        apply_trainable_flag(self)
 
         # === Config ===
         self.latent_shape = input_shape

@@ -21,6 +21,7 @@ from kzoo.layers.transformer import (
     _check_positive_int,
     _check_rate,
 )
+from kzoo.models._trainable import apply_trainable_flag
 
 KINDS = ("vit", "conv")
 STEMS = ("patch", "conv")
@@ -179,6 +180,7 @@ class ImageEncoder(keras.Model):
                 images, channels, num_res_blocks, norm_groups, hidden_dim, dropout
             )
         super().__init__(inputs=images, outputs={"sequence": sequence, "pooled": pooled}, **kwargs)
+        apply_trainable_flag(self)
 
         # === Config ===
         self.image_shape = image_shape

@@ -14,6 +14,7 @@ from kzoo.layers.transformer import (
     _check_positive_int,
     _check_rate,
 )
+from kzoo.models._trainable import apply_trainable_flag
 
 POOLING_MODES = ("mean", "last")
 
@@ -137,6 +138,7 @@ class TextEncoder(keras.Model):
         super().__init__(
             inputs=token_ids, outputs={"sequence": sequence, "pooled": pooled}, **kwargs
         )
+        apply_trainable_flag(self)
 
         # === Config ===
         self.vocabulary_size = vocabulary_size

@@ -30,6 +30,7 @@ from kzoo.layers import (
     Upsample,
 )
 from kzoo.layers.embeddings import _check_positive_int
+from kzoo.models._trainable import apply_trainable_flag
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -212,6 +213,7 @@ class UNet(keras.Model):
         )(x)
         kwargs.setdefault("name", "unet")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        apply_trainable_flag(self)
 
         # === Config ===
         self.image_shape = image_shape
