@@ -392,6 +392,48 @@ def test_short_fit_draws_the_captioned_background_well_above_chance():
     assert agreement > 0.8, agreement  # measured 1.0 (32 of 32); chance 0.25
 
 
+def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(tmp_path):
+    """`text_encoder_workdir` in a recipe: the trainer conditions on a trained CLIP text tower."""
+    from kzoo.models import DualEncoder
+    from kzoo.testing import tiny_vqvae
+    from kzoo.training import checkpoint, trainer
+
+    clip = DualEncoder(
+        text_encoder={"hidden_dim": WIDTH, "num_layers": 1, "num_heads": 2},
+        image_encoder={"image_shape": SHAPE, "patch_size": 4, "hidden_dim": 16, "num_layers": 1},
+        tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": LENGTH},
+        embedding_dim=8,
+    )
+    clip.compile(optimizer="adam")
+    clip.optimizer.build(clip.trainable_variables)
+    clip_dir = os.path.join(tmp_path, "clip")
+    os.makedirs(clip_dir)
+    checkpoint.save_checkpoint(clip, clip_dir, epoch=1, step=1)
+
+    text_encoder = trainer._frozen_text_encoder(clip_dir)
+    assert not text_encoder.trainable and not any(v.trainable for v in text_encoder.weights)
+    model = make_model(text_encoder=text_encoder)
+    tokens = model.tokenize(CAPTIONS)
+    np.testing.assert_allclose(
+        np.asarray(text_encoder(tokens)["sequence"]),
+        np.asarray(clip.text_encoder(tokens)["sequence"]),
+        atol=1e-6,
+    )
+    x_t = np.zeros((2, *SHAPE), np.float32)
+    model([x_t, np.array([5.0, 50.0], np.float32), tokens])
+    assert model.trainable_variables
+    assert not {id(v) for v in text_encoder.weights} & {id(v) for v in model.trainable_variables}
+
+    vq_dir = os.path.join(tmp_path, "vqvae")
+    os.makedirs(vq_dir)
+    vqvae = tiny_vqvae()
+    vqvae.compile(optimizer="adam")
+    vqvae.optimizer.build(vqvae.trainable_variables)
+    checkpoint.save_checkpoint(vqvae, vq_dir, epoch=1, step=1)
+    with pytest.raises(ValueError, match="`text_encoder_workdir` must hold a model with a"):
+        trainer._frozen_text_encoder(vq_dir)
+
+
 @pytest.mark.slow  # builds the recipe's 32x32 model and traces its train step
 def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
     import recipes

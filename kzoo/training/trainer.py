@@ -156,6 +156,8 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
             if config.get("autoencoder_workdir"):
                 # Latent diffusion: the frozen autoencoder of another workdir.
                 model_config["autoencoder"] = ckpt.load_trained_model(config["autoencoder_workdir"])
+            if config.get("text_encoder_workdir"):
+                model_config["text_encoder"] = _frozen_text_encoder(config["text_encoder_workdir"])
             model = build_model(model_config)
             model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
         _build_optimizer_eagerly(model)
@@ -198,6 +200,25 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
         verbose=verbose,
     )
     return model
+
+
+def _frozen_text_encoder(workdir):
+    """The text tower of another workdir's trained model (a `clip_shapes` DualEncoder), frozen.
+
+    Text-to-image on a frozen pretrained text encoder, as Stable Diffusion uses
+    CLIP's (Rombach et al. 2022, https://arxiv.org/abs/2112.10752).
+    """
+    source = ckpt.load_trained_model(workdir)
+    text_encoder = getattr(source, "text_encoder", None)
+    if not isinstance(text_encoder, keras.Model):
+        raise ValueError(
+            "`text_encoder_workdir` must hold a model with a `text_encoder` (a trained "
+            f"DualEncoder, say). Received: text_encoder_workdir={workdir!r} holding a "
+            f"{type(source).__name__}"
+        )
+    text_encoder.trainable = True  # True first: see kzoo/models/_trainable.py
+    text_encoder.trainable = False
+    return text_encoder
 
 
 def _strategy(config):
