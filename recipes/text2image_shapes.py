@@ -1,16 +1,18 @@
-"""Text-to-image U-Net on kzoo_shapes captions (32x32), 22 min on 2 CPU cores in bfloat16.
+"""Text-to-image U-Net on kzoo_shapes (32x32) conditioned on a frozen CLIP text tower, ~22 min.
 
 The denoiser is `ddpm_unet_shapes`' U-Net (channels 32/64/64, attention at 8x8
-and in the middle, time embedding 128) built with `context_dim=32` instead of
-class labels: a `kzoo.models.TextEncoder` (1 block, width 32, trained jointly with
-the denoiser from scratch) encodes the in-graph tokenized caption; a
-cross-attention layer after every self-attention attends to its token states,
-and its pooled vector is added to the timestep embedding. Captions are replaced
-by the empty caption 10% of the time (the null condition of classifier-free
-guidance). Cosine schedule, v-prediction and min-SNR-5 loss weights, 4,000 steps
-of 32, Adam 1e-3 with an EMA of the weights swapped in at the end.
+and in the middle, time embedding 128) built with `context_dim=64` instead of
+class labels. The text encoder is the text tower of a trained `clip_shapes`
+DualEncoder, frozen (as Stable Diffusion conditions on CLIP's, Rombach et al.
+2022): the trainer loads it from `text_encoder_workdir`. A cross-attention layer
+after every self-attention attends to its token states, and its pooled vector is
+added to the timestep embedding. Captions are replaced by the empty caption 10%
+of the time (the null condition of classifier-free guidance). Cosine schedule,
+v-prediction and min-SNR-5 loss weights, 4,000 steps of 32, Adam 1e-3 with an
+EMA of the weights swapped in at the end.
 
 Run:
+    kzoo train clip_shapes --workdir runs/clip_shapes              # the text tower, ~20 min
     kzoo train text2image_shapes --workdir runs/text2image_shapes --set precision=mixed_bfloat16
     python -m recipes.text2image_shapes runs/text2image_shapes   # faithfulness (JSON)
     kzoo export runs/text2image_shapes --format saved_model     # `generate_from_text`
@@ -24,45 +26,40 @@ real test images (the ceiling of the measurement).
 
 Result (seed 0, 200 test captions, DDIM 20 steps, guidance 3; agreement of the
 classifier's label with the caption; `python -m recipes.text2image_shapes WORKDIR`;
-2026-12-06, `--set precision=mixed_bfloat16`, 21 min 57 s, 0.31 s/step):
+2026-12-06, `--set precision=mixed_bfloat16`; 0.31 s/step alone):
 
 | run                                                | backgr. | colour | size | shape | position |
 |----------------------------------------------------|---------|--------|------|-------|----------|
-| this recipe (U-Net, 4,000 steps)                   | 1.00 | 0.965 | 0.795 | 0.40 | 0.10 |
-| + x/y coordinate channels at the U-Net input       | 1.00 | 0.975 | 0.74 | 0.225 | 0.125 |
-| + coordinates, no min-SNR weights (`snr_gamma=None`) | 1.00 | 0.98 | 0.785 | 0.22 | 0.14 |
-| 4 heads (`model.denoiser.num_heads=4`, 16 min) | 1.00 | 0.965 | 0.75 | 0.27 | 0.145 |
-| previous recipe: DiT (width 128, depth 4), 600 steps | 1.00 | 0.11 | 0.42 | 0.17 | 0.09 |
-| the same DiT, 2,000 steps                          | 1.00 | 0.18 | 0.34 | 0.17 | 0.09 |
+| this recipe (frozen text tower of clip_shapes)     | T2I_RECIPE_ROW |
+| frozen text tower of the previous clip_shapes (ViT 32 px) | 1.00 | 0.995 | 0.92 | 0.585 | 0.97 |
+| text tower trained jointly (1 block, width 32)     | 1.00 | 0.965 | 0.795 | 0.40 | 0.10 |
+| joint, + x/y coordinate channels at the U-Net input | 1.00 | 0.975 | 0.74 | 0.225 | 0.125 |
+| joint, + coordinates, `snr_gamma=None`             | 1.00 | 0.98 | 0.785 | 0.22 | 0.14 |
+| joint, 4 heads (`model.denoiser.num_heads=4`)      | 1.00 | 0.965 | 0.75 | 0.27 | 0.145 |
+| earlier recipe: DiT (width 128, depth 4), 600 steps | 1.00 | 0.11 | 0.42 | 0.17 | 0.09 |
 | chance (1 / values)                                | 0.25 | 0.125 | 0.33 | 0.17 | 0.11 |
 | real test images                                   | 1.00 | 1.00 | 0.925 | 0.93 | 1.00 |
 
-Background, colour and size follow the caption; the shape does 40% of the time
-(the class-conditional `ddpm_unet_shapes`: 30%); the position does not. Why not
-position, measured on the coordinates run (scratch probes, not kept): the
-denoiser's output at t = 900 changes by 0.002 (mean |delta v|) when "top left"
-becomes "bottom right", against 0.055 for a colour word, and the text encoder's
-token states, which differ by 0.3-0.7 per token between those two captions at
-initialisation, differ by 0.01-0.08 after training: training taught the text
-tower to ignore the position words. Coordinate channels (CoordConv, so the
-convolutions know where they are), plain v-loss weights (the min-SNR weights
-nearly zero the high-noise steps where the layout is decided) and four attention
-heads (so one can attend to the position words) did not change that; none is
-kept. Their shape agreement, 0.22-0.27, also says how much the 0.40 of the
-recipe may owe to chance (one seed; 200 captions: standard error 0.035; training
-is deterministic: a second run with the same seed gave bit-identical weights). The DiT
-of the previous recipe, which has position embeddings, was at chance too. Still
-open (issue 6).
+Why the frozen CLIP tower: trained jointly with the denoiser, the text tower
+learnt to ignore the position words (its token states for "top left" and
+"bottom right" captions differed by 0.3-0.7 per token at initialisation and by
+0.01-0.08 after training; the denoiser's output at t = 900 changed by 0.002,
+mean |delta v|, against 0.055 for a colour word; scratch probes, not kept), and
+coordinate channels, plain v-loss weights or four heads did not change it. A
+contrastive tower has to tell every caption of a batch apart, position included,
+so its token states keep every word, and frozen it cannot unlearn them: position
+went from chance to 0.97. The real-image ceiling of shape is 0.93 at 32 px
+(`kzoo.metrics.features`: 4.2% of 32 px images render identically as another
+shape). Training is deterministic for a seed (two runs gave bit-identical weights).
 """
 
 import json
 import sys
 
-# Words a kzoo_shapes caption can hold (29) plus [PAD], [UNK], [BOS], [EOS]:
-# `Tokenizer("kzoo_shapes").vocabulary_size`. DiffusionModel checks it.
-SHAPES_VOCABULARY_SIZE = 33
+# The clip_shapes text tower's sequence length and width: DiffusionModel checks
+# the first against the tokenizer, the U-Net cross-attends to states of the second.
 SEQUENCE_LENGTH = 16
-TEXT_WIDTH = 32
+CLIP_TEXT_WIDTH = 64
 
 
 def get_config():
@@ -81,15 +78,7 @@ def get_config():
                 "dropout": 0.0,
                 "num_heads": 1,
                 "mid_attention": True,
-                "context_dim": TEXT_WIDTH,
-            },
-            "text_encoder": {
-                "class_name": "TextEncoder",
-                "vocabulary_size": SHAPES_VOCABULARY_SIZE,
-                "sequence_length": SEQUENCE_LENGTH,
-                "hidden_dim": TEXT_WIDTH,
-                "num_layers": 1,
-                "num_heads": 2,
+                "context_dim": CLIP_TEXT_WIDTH,
             },
             "tokenizer": {"vocabulary": "kzoo_shapes", "sequence_length": SEQUENCE_LENGTH},
             "caption_dropout_prob": 0.1,
@@ -101,6 +90,9 @@ def get_config():
             "max_generate_batch": 64,
             "export_sampler": "ddim",
         },
+        # The frozen text tower of a trained `clip_shapes` DualEncoder (`kzoo train
+        # clip_shapes --workdir runs/clip_shapes` first), loaded by the trainer.
+        "text_encoder_workdir": "runs/clip_shapes",
         "dataset": "kzoo_shapes",
         "outputs": ("image", "caption"),
         "batch_size": 32,

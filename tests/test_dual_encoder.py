@@ -357,13 +357,13 @@ def test_recipe_config_builds_through_the_trainer():
     import recipes
     from kzoo.training.trainer import build_model
 
-    config = recipes.get_recipe("clip_shapes", ["model.image_encoder.num_layers=1"])
+    config = recipes.get_recipe("clip_shapes", ["model.image_encoder.channels=(8, 16)"])
     assert config["outputs"] == ("image", "caption")
     model = build_model(config["model"])
     assert isinstance(model, DualEncoder)
-    assert model.image_shape == (32, 32, 3)
+    assert model.image_shape == (64, 64, 3) and model.image_encoder.kind == "conv"
     assert model.text_encoder.vocabulary_size == model.tokenizer.vocabulary_size == 33
-    assert model.image_encoder.num_layers == 1
+    assert model.image_encoder.channels == (8, 16)
 
 
 @pytest.mark.slow

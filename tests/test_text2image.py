@@ -392,24 +392,31 @@ def test_short_fit_draws_the_captioned_background_well_above_chance():
     assert agreement > 0.8, agreement  # measured 1.0 (32 of 32); chance 0.25
 
 
-def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(tmp_path):
-    """`text_encoder_workdir` in a recipe: the trainer conditions on a trained CLIP text tower."""
+def save_tiny_clip(workdir, length):
+    """An untrained tiny DualEncoder saved as `workdir`'s checkpoint (text width `WIDTH`)."""
     from kzoo.models import DualEncoder
-    from kzoo.testing import tiny_vqvae
-    from kzoo.training import checkpoint, trainer
+    from kzoo.training import checkpoint
 
     clip = DualEncoder(
         text_encoder={"hidden_dim": WIDTH, "num_layers": 1, "num_heads": 2},
         image_encoder={"image_shape": SHAPE, "patch_size": 4, "hidden_dim": 16, "num_layers": 1},
-        tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": LENGTH},
+        tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": length},
         embedding_dim=8,
     )
     clip.compile(optimizer="adam")
     clip.optimizer.build(clip.trainable_variables)
-    clip_dir = os.path.join(tmp_path, "clip")
-    os.makedirs(clip_dir)
-    checkpoint.save_checkpoint(clip, clip_dir, epoch=1, step=1)
+    os.makedirs(workdir)
+    checkpoint.save_checkpoint(clip, workdir, epoch=1, step=1)
+    return clip
 
+
+def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(tmp_path):
+    """`text_encoder_workdir` in a recipe: the trainer conditions on a trained CLIP text tower."""
+    from kzoo.testing import tiny_vqvae
+    from kzoo.training import checkpoint, trainer
+
+    clip_dir = os.path.join(tmp_path, "clip")
+    clip = save_tiny_clip(clip_dir, LENGTH)
     text_encoder = trainer._frozen_text_encoder(clip_dir)
     assert not text_encoder.trainable and not any(v.trainable for v in text_encoder.weights)
     model = make_model(text_encoder=text_encoder)
@@ -435,7 +442,7 @@ def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(
 
 
 @pytest.mark.slow  # builds the recipe's 32x32 model and traces its train step
-def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
+def test_recipe_trains_two_steps_on_a_frozen_clip_text_tower_and_evaluates(tmp_path):
     import recipes
     import recipes.text2image_shapes as recipe
     from kzoo.metrics.features import ShapesClassifier
@@ -447,19 +454,24 @@ def test_recipe_builds_trains_two_steps_and_evaluates(tmp_path):
             "model.denoiser.channels=(8, 16, 16)",
             "model.denoiser.norm_groups=4",
             "model.denoiser.time_embedding_dim=16",
+            f"model.denoiser.context_dim={WIDTH}",
             "batch_size=8",
+            "steps_per_epoch=2",
         ],
     )
     assert config["outputs"] == ("image", "caption")
-    built = trainer.build_model(config["model"])
+    assert config["text_encoder_workdir"] == "runs/clip_shapes"
+    clip_dir = os.path.join(tmp_path, "clip")
+    clip = save_tiny_clip(clip_dir, recipe.SEQUENCE_LENGTH)
+    config["text_encoder_workdir"] = clip_dir
+    built = trainer.train(config, os.path.join(tmp_path, "t2i"), steps=2, verbose=0)
     assert built.text_conditional and built.image_shape == (32, 32, 3)
-    assert isinstance(built.denoiser, UNet) and built.denoiser.context_dim == 32
-    built.compile(optimizer=trainer.build_optimizer(config))
-    dataset = trainer.train_dataset(config, built)
-    images, captions = next(iter(dataset))
-    assert images.shape == (8, 32, 32, 3) and captions.dtype == tf.string
-    history = built.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    assert isinstance(built.denoiser, UNet) and built.denoiser.context_dim == WIDTH
+    assert int(built.optimizer.iterations.numpy()) == 2
+    # The CLIP text tower conditioned the model and did not train.
+    assert not built.text_encoder.trainable
+    for weight, original in zip(built.text_encoder.weights, clip.text_encoder.weights, strict=True):
+        np.testing.assert_array_equal(np.array(weight), np.array(original))
     results = recipe.evaluate(
         built, num_examples=4, num_steps=1, classifier=ShapesClassifier(image_size=32)
     )

@@ -23,10 +23,9 @@ TINY_CAPTIONER = overrides(
 )
 TINY_CLIP = overrides(
     "model.image_encoder.image_shape=(16,16,3)",
-    "model.image_encoder.patch_size=8",
+    "model.image_encoder.channels=(8,8)",
+    "model.image_encoder.norm_groups=4",
     "model.image_encoder.hidden_dim=16",
-    "model.image_encoder.num_layers=1",
-    "model.image_encoder.num_heads=2",
     "model.text_encoder.hidden_dim=16",
     "model.text_encoder.num_layers=1",
     "model.text_encoder.num_heads=2",
