@@ -439,6 +439,10 @@ def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(
     checkpoint.save_checkpoint(vqvae, vq_dir, epoch=1, step=1)
     with pytest.raises(ValueError, match="`text_encoder_workdir` must hold a model with a"):
         trainer._frozen_text_encoder(vq_dir)
+    with pytest.raises(
+        ValueError, match="kzoo train clip_shapes .* Received: text_encoder_workdir="
+    ):
+        trainer._frozen_text_encoder(os.path.join(tmp_path, "missing"))
 
 
 @pytest.mark.slow  # builds the recipe's 32x32 model and traces its train step
