@@ -51,6 +51,11 @@ so its token states keep every word, and frozen it cannot unlearn them: position
 went from chance to 0.97. The real-image ceiling of shape is 0.93 at 32 px
 (`kzoo.metrics.features`: 4.2% of 32 px images render identically as another
 shape). Training is deterministic for a seed (two runs gave bit-identical weights).
+
+The sampler is not what limits shape (the recipe's model, `evaluate(model,
+num_steps=N, guidance_scale=W)`): DDIM 50 steps at guidance 3 gives shape 0.48;
+at 20 steps, guidance 1.5 / 5 / 8 gives shape 0.43 / 0.53 / 0.55, with size 0.855 /
+0.88 / 0.805 and background 1.0 / 0.99 / 0.935 (position 0.97-0.99, colour >= 0.99).
 """
 
 import json
