@@ -210,6 +210,22 @@ def test_a_text_encoder_built_frozen_stays_frozen_in_training_and_after_reload(t
     assert not loaded_ids & {id(v) for v in loaded.trainable_variables}
 
 
+def test_a_users_functional_text_encoder_built_frozen_stays_out_of_training():
+    """Any Functional model passed with `trainable=False` (not only kzoo's) stays frozen."""
+    size = Tokenizer("kzoo_shapes").vocabulary_size
+    tokens = keras.Input((LENGTH,), dtype="int32")
+    sequence = keras.layers.Embedding(size, WIDTH)(tokens)
+    pooled = keras.layers.GlobalAveragePooling1D()(sequence)
+    user_encoder = keras.Model(tokens, {"sequence": sequence, "pooled": pooled}, trainable=False)
+    # Keras 3.15 leaves its Embedding's variable trainable here.
+    model = make_model(text_encoder=user_encoder)
+    assert not any(v.trainable for v in user_encoder.weights)
+    x_t = np.zeros((2, *SHAPE), np.float32)
+    model([x_t, np.array([5.0, 50.0], np.float32), model.tokenize(CAPTIONS)])
+    assert model.trainable_variables
+    assert not {id(v) for v in user_encoder.weights} & {id(v) for v in model.trainable_variables}
+
+
 @pytest.mark.parametrize("kind", ["image_encoder", "unet", "dit"])
 def test_other_functional_models_built_frozen_have_no_trainable_variable(kind):
     from kzoo.models import ImageEncoder

@@ -146,6 +146,23 @@ def _denoiser_sample_shape(denoiser):
     return None
 
 
+def _apply_trainable_flag(model):
+    """Make a sub-model's `trainable=False` reach its layers; return the model.
+
+    A model built with `trainable=False` (Keras 3.15's Functional sets the flag
+    before it tracks its layers) or deserialized so reports the flag while its
+    variables stay trainable, and the parent would train them. Setting False again
+    may be skipped by TF's attribute tracking when the value is unchanged, so set
+    True first: the True -> False change reaches every sublayer. (The kzoo models
+    do this in their constructors, `kzoo/models/_trainable.py`; this covers any
+    model a user passes.)
+    """
+    if isinstance(model, keras.Model) and not model.trainable:
+        model.trainable = True
+        model.trainable = False
+    return model
+
+
 def _check_text_conditioning(text_encoder, tokenizer, num_classes):
     """`(tokenizer, text_encoder)` of a text-to-image model, checked; `(None, None)` otherwise."""
     if text_encoder is None:
@@ -387,10 +404,12 @@ class DiffusionModel(keras.Model):
         self._sample_shape_config = sample_shape
 
         # === Layers ===
-        self.denoiser = denoiser
+        self.denoiser = _apply_trainable_flag(denoiser)
         self.tokenizer, self.text_encoder = _check_text_conditioning(
             text_encoder, tokenizer, num_classes
         )
+        if self.text_encoder is not None:
+            _apply_trainable_flag(self.text_encoder)
         self.autoencoder = self._check_autoencoder(autoencoder)
         self.sample_shape = self._resolve_sample_shape(denoiser, sample_shape)
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -443,13 +462,8 @@ class DiffusionModel(keras.Model):
                 f"Received: autoencoder={autoencoder!r}"
             )
         # Frozen: only the denoiser trains; its variables stay out of the optimizer.
-        # Set True first: under the TF backend `trainable = False` on a model whose flag
-        # is already False (one deserialized with trainable=False) is skipped by tf's
-        # AutoTrackable (`self.x = self.x` short-circuits), so its sublayers, built
-        # trainable, would stay trainable; the True -> False change reaches them all.
-        autoencoder.trainable = True
         autoencoder.trainable = False
-        return autoencoder
+        return _apply_trainable_flag(autoencoder)
 
     def _resolve_sample_shape(self, denoiser, sample_shape):
         declared = _denoiser_sample_shape(denoiser)
