@@ -420,3 +420,18 @@ def test_short_fit_learns_retrieval_and_zero_shot_colors():
 # Thresholds of the slow short-fit test, set with margin below the measured values.
 RECALL_AT_1_MIN = 0.35
 COLOR_ZERO_SHOT_MIN = 0.3
+
+
+def test_a_users_functional_text_encoder_built_frozen_stays_out_of_training():
+    """A Functional text encoder passed with `trainable=False` (Keras 3.15 leaves its layers
+    trainable) stays out of the dual encoder's trainable variables."""
+    tokens = keras.Input((T,), dtype="int32")
+    sequence = keras.layers.Embedding(33, 16)(tokens)
+    pooled = keras.layers.GlobalAveragePooling1D()(sequence)
+    user_encoder = keras.Model(tokens, {"sequence": sequence, "pooled": pooled}, trainable=False)
+    model = _tiny(text_encoder=user_encoder)
+    assert not any(v.trainable for v in user_encoder.weights)
+    model((_images(2), ["a red circle", "a blue square"]))
+    assert model.trainable_variables
+    frozen = {id(v) for v in user_encoder.weights}
+    assert not frozen & {id(v) for v in model.trainable_variables}

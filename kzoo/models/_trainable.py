@@ -4,7 +4,9 @@ Keras 3.15's `Functional.__init__` applies `trainable` before it tracks its laye
 (keras/src/models/functional.py), so `TextEncoder(..., trainable=False)` (and
 every model deserialized from a config that says `"trainable": false`) reports
 `trainable=False` while its variables stay trainable: a parent model's
-`trainable_variables` still lists them and `fit` updates them.
+`trainable_variables` still lists them and `fit` updates them. The kzoo models
+apply it in their constructors; `DualEncoder` and `Captioner` to any encoder they
+are given (`DiffusionModel`, which does not import models, has its own copy).
 """
 
 

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kzoo.models._trainable import apply_trainable_flag
 from kzoo.models.image_encoder import ImageEncoder
 from kzoo.models.text_encoder import TextEncoder
 
@@ -866,7 +867,7 @@ def _build_text_encoder(text_encoder, tokenizer):
             f"The text encoder takes {length} tokens but the tokenizer emits "
             f"{tokenizer.sequence_length}. Received: text_encoder.sequence_length={length}"
         )
-    return text_encoder
+    return apply_trainable_flag(text_encoder)
 
 
 def _build_image_encoder(image_encoder):
@@ -877,7 +878,7 @@ def _build_image_encoder(image_encoder):
             "`image_encoder` must be an ImageEncoder (a keras.Model with `image_shape`) or "
             f"a dict of its arguments. Received: image_encoder={image_encoder!r}"
         )
-    return image_encoder
+    return apply_trainable_flag(image_encoder)
 
 
 def _pooled_width(encoder, name):
