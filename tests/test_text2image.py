@@ -179,7 +179,7 @@ def test_a_text_encoder_built_frozen_stays_frozen_in_training_and_after_reload(t
     """`TextEncoder(..., trainable=False)`, as a recipe config or a `.keras` file builds it.
 
     Keras 3.15's Functional sets the flag before it tracks its layers, so without
-    `kzoo.models._trainable` the parent still listed the encoder's variables and
+    `kzoo.layers._trainable` the parent still listed the encoder's variables and
     `fit` changed them.
     """
     size = Tokenizer("kzoo_shapes").vocabulary_size

@@ -48,6 +48,7 @@ from kzoo.diffusion.schedules import (
     training_target,
     validate_prediction_type,
 )
+from kzoo.layers._trainable import apply_trainable_flag
 
 # Inputs of the exported `generate` endpoint, in signature order (labels and
 # guidance_scale only for class-conditional models).
@@ -144,23 +145,6 @@ def _denoiser_sample_shape(denoiser):
         if isinstance(value, list | tuple) and _static_shape(value) is not None:
             return _static_shape(value)
     return None
-
-
-def _apply_trainable_flag(model):
-    """Make a sub-model's `trainable=False` reach its layers; return the model.
-
-    A model built with `trainable=False` (Keras 3.15's Functional sets the flag
-    before it tracks its layers) or deserialized so reports the flag while its
-    variables stay trainable, and the parent would train them. Setting False again
-    may be skipped by TF's attribute tracking when the value is unchanged, so set
-    True first: the True -> False change reaches every sublayer. (The kzoo models
-    do this in their constructors, `kzoo/models/_trainable.py`; this covers any
-    model a user passes.)
-    """
-    if isinstance(model, keras.Model) and not model.trainable:
-        model.trainable = True
-        model.trainable = False
-    return model
 
 
 def _check_text_conditioning(text_encoder, tokenizer, num_classes):
@@ -404,12 +388,12 @@ class DiffusionModel(keras.Model):
         self._sample_shape_config = sample_shape
 
         # === Layers ===
-        self.denoiser = _apply_trainable_flag(denoiser)
+        self.denoiser = apply_trainable_flag(denoiser)
         self.tokenizer, self.text_encoder = _check_text_conditioning(
             text_encoder, tokenizer, num_classes
         )
         if self.text_encoder is not None:
-            _apply_trainable_flag(self.text_encoder)
+            apply_trainable_flag(self.text_encoder)
         self.autoencoder = self._check_autoencoder(autoencoder)
         self.sample_shape = self._resolve_sample_shape(denoiser, sample_shape)
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -463,7 +447,7 @@ class DiffusionModel(keras.Model):
             )
         # Frozen: only the denoiser trains; its variables stay out of the optimizer.
         autoencoder.trainable = False
-        return _apply_trainable_flag(autoencoder)
+        return apply_trainable_flag(autoencoder)
 
     def _resolve_sample_shape(self, denoiser, sample_shape):
         declared = _denoiser_sample_shape(denoiser)

@@ -23,8 +23,8 @@ from kzoo.layers import (
     SinCosPositionEmbedding2D,
     SinusoidalTimestepEmbedding,
 )
+from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.embeddings import _check_positive_int
-from kzoo.models._trainable import apply_trainable_flag
 from kzoo.models.unet import (
     _check_context_dim,
     _check_int_tuple,

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kzoo.models._trainable import apply_trainable_flag
+from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.models.image_encoder import ImageEncoder
 from kzoo.models.text_encoder import TextEncoder
 

@@ -12,6 +12,7 @@
 import keras
 from keras import ops
 
+from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.embeddings import PatchEmbedding
 from kzoo.layers.normalization import GroupNorm
 from kzoo.layers.resblocks import Downsample, ResBlock
@@ -21,7 +22,6 @@ from kzoo.layers.transformer import (
     _check_positive_int,
     _check_rate,
 )
-from kzoo.models._trainable import apply_trainable_flag
 
 KINDS = ("vit", "conv")
 STEMS = ("patch", "conv")

@@ -8,13 +8,13 @@ from `kzoo.data.tokenizer.Tokenizer` (id 0 = `[PAD]`, masked everywhere).
 import keras
 from keras import ops
 
+from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.transformer import (
     PositionEmbedding,
     TransformerBlock,
     _check_positive_int,
     _check_rate,
 )
-from kzoo.models._trainable import apply_trainable_flag
 
 POOLING_MODES = ("mean", "last")
 

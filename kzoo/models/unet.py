@@ -29,8 +29,8 @@ from kzoo.layers import (
     SpatialSelfAttention,
     Upsample,
 )
+from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.embeddings import _check_positive_int
-from kzoo.models._trainable import apply_trainable_flag
 
 
 @keras.saving.register_keras_serializable(package="kzoo")

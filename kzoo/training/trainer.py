@@ -222,7 +222,6 @@ def _frozen_text_encoder(workdir):
             f"DualEncoder, say). Received: text_encoder_workdir={workdir!r} holding a "
             f"{type(source).__name__}"
         )
-    text_encoder.trainable = True  # True first: see kzoo/models/_trainable.py
     text_encoder.trainable = False
     return text_encoder
 
