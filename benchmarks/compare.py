@@ -36,6 +36,7 @@ ORDER = (
     "vq_learnable",
     "unet_train",
     "unet_sample",
+    "unet_sample_b1",
     "dit_train",
     "vqmodel_train",
 )

@@ -13,7 +13,8 @@ Run with the peer venv (torch, diffusers, vector-quantize-pytorch), not kzoo's:
 
     PEER_PYTHON benchmarks/peer_autocast.py ../shared/bench/peers.py --workload unet_train
 
-Every argument after the path of peers.py goes to peers.py's own command line.
+Every argument after the path of peers.py goes to peers.py's own command line. The
+extra workloads of `benchmarks/peer_extra.py` (`unet_sample_b1`) are registered too.
 """
 
 import functools
@@ -29,8 +30,10 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 PRECISION = "autocast_bfloat16"
 
 
-def load_peers(path):
-    spec = importlib.util.spec_from_file_location("peers", path)
+def _peer_extra():
+    """benchmarks/peer_extra.py (loaded by path: this folder is off sys.path, above)."""
+    path = os.path.join(_HERE, "peer_extra.py")
+    spec = importlib.util.spec_from_file_location("peer_extra", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -63,7 +66,8 @@ def autocast_builder(build):
 def main(argv):
     if len(argv) < 2:
         raise SystemExit("usage: peer_autocast.py PATH/TO/peers.py [peers.py arguments ...]")
-    peers = load_peers(argv[1])
+    extra = _peer_extra()
+    peers = extra.register(extra.load_peers(argv[1]))  # peers.py's workloads + unet_sample_b1
     for name, build in list(peers.WORKLOADS.items()):
         if name != "matmul_peak":  # the peak stays float32: one denominator for both sides
             peers.WORKLOADS[name] = autocast_builder(build)

@@ -45,12 +45,13 @@ WORKLOAD_MODULES = {
     "vqmodel_train": "benchmarks.vqmodel_train",
     "unet_train": "benchmarks.unet",
     "unet_sample": "benchmarks.unet",
+    "unet_sample_b1": "benchmarks.unet",
     "dit_train": "benchmarks.dit",
     "dit_train_memory": "benchmarks.dit",
 }
 # Workloads that measure peak memory (module.measure_memory) instead of time.
 MEMORY_WORKLOADS = ("dit_train_memory",)
-# unet_sample: single denoiser calls timed after the sample calls, as peers.py.
+# unet_sample(_b1): single denoiser calls timed after the sample calls, as peers.py.
 DENOISER_CALLS = 10
 PRECISIONS = ("float32", "mixed_bfloat16")  # the two with a peer counterpart
 JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}

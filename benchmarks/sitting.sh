@@ -31,7 +31,7 @@ peers=${PEERS_PY:-$here/../shared/bench/peers.py}
 # jit_compile per workload, chosen by measurement (benchmarks/README.md).
 declare -A JIT=(
   [vq_fwd_bwd]=false [vq_fwd_bwd_ste]=false [vq_learnable]=false
-  [vqmodel_train]=false [unet_train]=false [unet_sample]=false [dit_train]=false
+  [vqmodel_train]=false [unet_train]=false [unet_sample]=false [unet_sample_b1]=true [dit_train]=false
 )
 other() { [ "$1" = true ] && echo false || echo true; }
 
@@ -45,7 +45,8 @@ kzoo() {
 }
 peer() {
   if [ "$precision" = float32 ]; then
-    "$peer_python" "$peers" --json "$@" >>"$out"
+    # peers.py unchanged, plus the extra workloads of benchmarks/peer_extra.py
+    "$peer_python" "$here/benchmarks/peer_extra.py" "$peers" --json "$@" >>"$out"
   else
     "$peer_python" "$here/benchmarks/peer_autocast.py" "$peers" --json "$@" >>"$out"
   fi

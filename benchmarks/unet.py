@@ -1,4 +1,4 @@
-"""unet_train, unet_sample: `kzoo.models.UNet` at the peer's layout (DDPM-CIFAR10 at half width).
+"""unet_train, unet_sample(_b1): `kzoo.models.UNet` at the peer's layout (DDPM-CIFAR10, half width).
 
 The peer is diffusers' `UNet2DModel` of shared/bench/peers.py: 32x32x3, channels
 (64, 128, 128, 128), 2 res blocks per level, one-head self-attention at 16x16
@@ -15,6 +15,10 @@ and in the 4x4 middle, GroupNorm 32, time embedding 256, dropout 0; kzoo's
   clips its x0 estimate to [-1, 1] (`clip_sample=True`); kzoo's DDIM does not
   (elementwise, a few ops per step). One denoiser call (batch 8, t = 999) is
   also timed on its own, as by the peer (`denoiser_call` in the row).
+- **unet_sample_b1**: the same sample for one image (batch 1), the latency of a
+  single request, where per-step dispatch is a larger share of each step than at
+  batch 8 (not a workload of shared/BENCHMARKS.md; its peer is the same diffusers
+  loop at batch 1, `benchmarks/peer_extra.py`).
 
 FLOPs from the traced graphs (`_timing.graph_flops`): for `unet_train` every
 Conv2D and its gradient ops, the attention and projection matmuls, 2 FLOP per
@@ -32,9 +36,9 @@ from benchmarks._timing import Workload, graph_flops
 from kzoo.diffusion import DDIMSampler, make_schedule, sample
 from kzoo.models import UNet
 
-DEFAULTS = {"unet_train": (1, 10), "unet_sample": (1, 3)}
+DEFAULTS = {"unet_train": (1, 10), "unet_sample": (1, 3), "unet_sample_b1": (1, 5)}
 TRAIN_BATCH = 32
-SAMPLE_BATCH = 8
+SAMPLE_BATCH = {"unet_sample": 8, "unet_sample_b1": 1}
 NUM_INFERENCE_STEPS = 50
 # peers.py UNET_KW: UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128, 128),
 # layers_per_block=2, AttnDownBlock2D / AttnUpBlock2D at 16x16, attention_head_dim=None).
@@ -70,9 +74,10 @@ def build(name, jit_compile, batch=None, model_kwargs=None):
     """Build `unet_train` or `unet_sample`.
 
     Args:
-        name: "unet_train" or "unet_sample".
+        name: "unet_train", "unet_sample" or "unet_sample_b1".
         jit_compile: passed to `tf.function`.
-        batch: images per step (default 32 for training, 8 for sampling).
+        batch: images per step (default 32 for training, 8 for sampling, 1 for
+            `unet_sample_b1`).
         model_kwargs: `UNet` arguments (default: the benchmark configuration; tests
             pass a tiny one).
 
@@ -86,7 +91,7 @@ def build(name, jit_compile, batch=None, model_kwargs=None):
         batch = batch or TRAIN_BATCH
         x0 = tf.constant(rng.standard_normal((batch, *unet.image_shape), dtype=np.float32))
         return train_workload(unet, x0, jit_compile, _item(unet), config)
-    return _build_sample(unet, jit_compile, batch or SAMPLE_BATCH, rng, config)
+    return _build_sample(unet, jit_compile, batch or SAMPLE_BATCH[name], rng, config)
 
 
 def _item(unet):
