@@ -71,7 +71,7 @@ def make_unet(model_kwargs=None):
 
 
 def build(name, jit_compile, batch=None, model_kwargs=None):
-    """Build `unet_train` or `unet_sample`.
+    """Build `unet_train`, `unet_sample` or `unet_sample_b1`.
 
     Args:
         name: "unet_train", "unet_sample" or "unet_sample_b1".
