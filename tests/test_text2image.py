@@ -459,6 +459,11 @@ def test_text_encoder_workdir_gives_the_trained_dual_encoders_text_tower_frozen(
         ValueError, match="kzoo train clip_shapes .* Received: text_encoder_workdir="
     ):
         trainer._frozen_text_encoder(os.path.join(tmp_path, "missing"))
+    os.makedirs(os.path.join(tmp_path, "empty"))  # no checkpoint yet
+    with pytest.raises(
+        ValueError, match="kzoo train clip_shapes .* Received: text_encoder_workdir="
+    ):
+        trainer._frozen_text_encoder(os.path.join(tmp_path, "empty"))
 
 
 @pytest.mark.slow  # builds the recipe's 32x32 model and traces its train step

@@ -210,13 +210,14 @@ def _frozen_text_encoder(workdir):
     Text-to-image on a frozen pretrained text encoder, as Stable Diffusion uses
     CLIP's (Rombach et al. 2022, https://arxiv.org/abs/2112.10752).
     """
-    if not os.path.isdir(workdir):
+    try:
+        source = ckpt.load_trained_model(workdir)
+    except ValueError as error:  # missing, empty or unreadable: name the config key
         raise ValueError(
             "`text_encoder_workdir` must be the workdir of a trained model with a text "
             "encoder (for text2image_shapes: `kzoo train clip_shapes --workdir "
-            f"runs/clip_shapes` first). Received: text_encoder_workdir={workdir!r}"
-        )
-    source = ckpt.load_trained_model(workdir)
+            f"runs/clip_shapes` first). {error} Received: text_encoder_workdir={workdir!r}"
+        ) from error
     text_encoder = getattr(source, "text_encoder", None)
     if not isinstance(text_encoder, keras.Model):
         raise ValueError(
