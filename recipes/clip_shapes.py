@@ -185,14 +185,12 @@ def probe_shape(image_encoder, steps=400, batch_size=128, seed=0):
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import kzoo.data
     from kzoo.models import ImageEncoder
 
     keras.utils.set_random_seed(seed)
     size = image_encoder["image_shape"][0]
-    images, labels = kzoo.data.load_arrays("kzoo_shapes", split="train", image_size=size)
     test, test_labels = kzoo.data.load_arrays("kzoo_shapes", split="test", image_size=size)
     encoder = ImageEncoder(**image_encoder)
     inputs = keras.Input(tuple(image_encoder["image_shape"]))
@@ -202,11 +200,14 @@ def probe_shape(image_encoder, steps=400, batch_size=128, seed=0):
         keras.optimizers.AdamW(2e-3, weight_decay=0.01),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((images, labels["shape"]))
-        .shuffle(len(images), seed=seed)
-        .repeat()
-        .batch(batch_size)
+    dataset = kzoo.data.load(
+        "kzoo_shapes",
+        batch_size=batch_size,
+        image_size=size,
+        seed=seed,
+        deterministic=True,
+        outputs=("image", "shape"),
+        repeat=True,
     )
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
