@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 import kzoo.data  # noqa: F401  (registers the TFDS builder)
 from kzoo.data import shapes
-from kzoo.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+from kzoo.data.shapes import BACKGROUNDS, COLORS, LABEL_NAMES, POSITIONS, SHAPES, SIZES
 
 LABEL_KEYS = ("shape", "color", "size", "position", "background")
 CAPTION = re.compile(r"^a (\w+) (\w+) (\w+) at the ([\w ]+) on a (\w+) background$")
@@ -46,14 +46,37 @@ def test_generate_is_deterministic_and_seed_dependent():
     assert np.mean(first["caption"] != other["caption"]) > 0.9
 
 
-def test_splits_are_different_streams():
-    train = shapes.generate_split("train", num_examples=300)
-    test = shapes.generate_split("test", num_examples=300)
-    assert np.mean(train["caption"] != test["caption"]) > 0.9
-    differs = np.any(train["image"] != test["image"], axis=(1, 2, 3))
+@pytest.mark.parametrize(
+    "a,b", [("train", "test"), ("train", "validation"), ("validation", "test")]
+)
+def test_splits_are_different_streams(a, b):
+    first = shapes.generate_split(a, num_examples=300)
+    second = shapes.generate_split(b, num_examples=300)
+    assert np.mean(first["caption"] != second["caption"]) > 0.9
+    differs = np.any(first["image"] != second["image"], axis=(1, 2, 3))
     assert differs.mean() > 0.95
-    assert shapes.SPLIT_SIZES == {"train": 5000, "test": 1000}
+
+
+def test_split_sizes():
+    assert shapes.SPLIT_SIZES == {"train": 5000, "validation": 1000, "test": 1000}
     assert len(shapes.generate_split("test")["image"]) == 1000
+    assert len(shapes.generate_split("validation")["image"]) == 1000
+
+
+def test_novel_combinations_never_occur_in_train():
+    train = shapes.generate_split("train")
+    seen = {tuple(int(train[k][i]) for k in LABEL_NAMES) for i in range(5000)}
+    for split in ("validation", "test"):
+        data = shapes.generate_split(split)
+        combos = [tuple(int(data[k][i]) for k in LABEL_NAMES) for i in range(1000)]
+        novel = shapes.novel_combinations(split)
+        assert novel.tolist() == [combo not in seen for combo in combos]
+        # 5,184 combinations minus colour clashes, 5,000 draws: about 2/3 stay unseen per
+        # combination, so a third or more of a held-out split is novel.
+        assert 0.3 < novel.mean() < 0.45
+    assert shapes.novel_combinations("test", num_examples=10).shape == (10,)
+    with pytest.raises(ValueError, match="Received: split='val'"):
+        shapes.novel_combinations("val")
 
 
 def test_prefix_and_labels_do_not_depend_on_count_or_size():
@@ -169,7 +192,8 @@ def test_generate_rejects_bad_arguments(kwargs, match):
 
 def test_generate_split_rejects_unknown_split():
     with pytest.raises(
-        ValueError, match=r"expected one of \['test', 'train'\]. Received: split='val'"
+        ValueError,
+        match=r"expected one of \['test', 'train', 'validation'\]. Received: split='val'",
     ):
         shapes.generate_split("val")
 
@@ -193,6 +217,7 @@ def test_tfds_load_offline(tmp_path):
     builder = tfds.builder("kzoo_shapes", data_dir=str(tmp_path))
     assert builder.info.splits["train"].num_examples == 5000
     assert builder.info.splits["test"].num_examples == 1000
+    assert builder.info.splits["validation"].num_examples == 1000
     assert builder.info.features["shape"].names == list(SHAPES)
     assert builder.info.features["position"].names == list(POSITIONS)
     assert builder.info.features["image"].shape == (32, 32, 3)

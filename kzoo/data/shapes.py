@@ -9,10 +9,16 @@ registered TFDS configs; any size >= 16 renders sensibly).
 
 Splits (two independent random streams, one seed each, see `SPLIT_SEEDS`):
 
-| split | examples | seed |
-|-------|----------|------|
-| train | 5,000    | 1234 |
-| test  | 1,000    | 5678 |
+| split      | examples | seed |
+|------------|----------|------|
+| train      | 5,000    | 1234 |
+| validation | 1,000    | 4321 |
+| test       | 1,000    | 5678 |
+
+Every recipe choice is made on `validation`; `test` is scored once at the end.
+`novel_combinations(split)` marks the examples whose attribute combination (shape,
+colour, size, position, background) never occurs in train: the held-out set of
+compositional generalisation for captions.
 
 The factors are drawn uniformly and independently, except that the shape colour is
 never the background colour; the centre moves by up to 4% of the side and the size by
@@ -65,8 +71,8 @@ RGB = {
     "gray": (128, 128, 128),
 }
 
-SPLIT_SIZES = {"train": 5000, "test": 1000}
-SPLIT_SEEDS = {"train": 1234, "test": 5678}
+SPLIT_SIZES = {"train": 5000, "validation": 1000, "test": 1000}
+SPLIT_SEEDS = {"train": 1234, "validation": 4321, "test": 5678}
 IMAGE_SIZES = (16, 32, 64)
 LABEL_NAMES = ("shape", "color", "size", "position", "background")
 
@@ -265,7 +271,7 @@ def generate_split(split, num_examples=None, image_size=32):
     """Renders a named split (its own seed) of `kzoo_shapes`.
 
     Args:
-        split: "train" or "test".
+        split: "train", "validation" or "test".
         num_examples: how many examples of the split to render (a prefix of it);
             None renders the whole split (`SPLIT_SIZES`). May exceed the split size,
             continuing the same stream.
@@ -286,6 +292,37 @@ def generate_split(split, num_examples=None, image_size=32):
     if num_examples is None:
         num_examples = SPLIT_SIZES[split]
     return generate(num_examples, image_size=image_size, seed=SPLIT_SEEDS[split])
+
+
+def novel_combinations(split, num_examples=None):
+    """Which examples of `split` have an attribute combination absent from train.
+
+    Args:
+        split: "validation" or "test" (any split name of `SPLIT_SIZES`).
+        num_examples: a prefix of the split, as in `generate_split`.
+
+    Returns:
+        bool numpy array (N,): True where the example's (shape, colour, size,
+        position, background) occurs in no example of the whole train split.
+
+    Example:
+    >>> novel = novel_combinations("test")
+    >>> 0.3 < novel.mean() < 0.5
+    True
+    """
+    if split not in SPLIT_SIZES:
+        raise ValueError(
+            f"Unknown split for kzoo_shapes; expected one of {sorted(SPLIT_SIZES)}. "
+            f"Received: split={split!r}"
+        )
+    if num_examples is None:
+        num_examples = SPLIT_SIZES[split]
+    check_int("num_examples", num_examples, 0)
+    train = _draw_labels(SPLIT_SIZES["train"], SPLIT_SEEDS["train"])
+    seen = set(zip(*(train[k].tolist() for k in LABEL_NAMES), strict=True))
+    labels = _draw_labels(int(num_examples), SPLIT_SEEDS[split])
+    combos = zip(*(labels[k].tolist() for k in LABEL_NAMES), strict=True)
+    return np.array([combo not in seen for combo in combos], dtype=bool)
 
 
 @dataclasses.dataclass(eq=False)
@@ -311,8 +348,8 @@ class ShapesBuilder(tfds.core.GeneratorBasedBuilder):
     """TFDS builder of `kzoo_shapes`, rendered locally (no download).
 
     Configs "32x32" (default), "16x16" and "64x64" set the image size; the splits are
-    "train" (5,000 examples) and "test" (1,000). Preparing writes PNG-encoded
-    TFRecords under `data_dir`, which takes a few seconds.
+    "train" (5,000 examples), "validation" (1,000) and "test" (1,000). Preparing
+    writes PNG-encoded TFRecords under `data_dir`, which takes a few seconds.
 
     Example:
     >>> import kzoo.data  # registers the builder
@@ -321,8 +358,8 @@ class ShapesBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     name = "kzoo_shapes"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "A validation split (seed 4321)."}
     BUILDER_CONFIGS = [_config(32), _config(16), _config(64)]
     DEFAULT_CONFIG_NAME = "32x32"
     # TFDS derives `code_path` through `importlib_resources`, which TFDS 4.9.10 does
