@@ -48,11 +48,37 @@ def build_model(model_config):
     )
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config):
+    """The recipe's learning rate: a float, or linear warmup then cosine decay.
+
+    Optional recipe keys: `lr_schedule` ("constant", the default, or "cosine":
+    decay to 0 over the steps after warmup, SGDR's cosine without restarts,
+    Loshchilov & Hutter 2017) and `warmup_steps` (linear warmup from 0, default 0).
+    The schedule is stored with the optimizer, so a resumed run keeps the one it
+    was built with.
+    """
+    schedule = config.get("lr_schedule", "constant")
+    warmup = config.get("warmup_steps", 0)
+    if schedule == "constant" and not warmup:
+        return config["learning_rate"]
+    decay_steps = max(config["steps"] - warmup, 1) if schedule == "cosine" else 10**12
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config["learning_rate"],
+        decay_steps=decay_steps,
+        warmup_target=config["learning_rate"] if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def build_optimizer(config):
     return keras.optimizers.AdamW(
-        learning_rate=config["learning_rate"],
+        learning_rate=learning_rate(config),
         weight_decay=config["weight_decay"],
         use_ema=bool(config.get("ema", False)),
+        ema_momentum=config.get("ema_momentum", 0.99),
         gradient_accumulation_steps=(
             config["grad_accum_steps"] if config.get("grad_accum_steps", 1) > 1 else None
         ),
@@ -82,7 +108,18 @@ def validate_config(config):
         raise ValueError(
             f"`learning_rate` must be positive. Received: learning_rate={config['learning_rate']!r}"
         )
-    for key in ADAM_BETAS:
+    if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ValueError(
+            f"Unknown learning-rate schedule. Expected one of {list(LR_SCHEDULES)}. "
+            f"Received: lr_schedule={config['lr_schedule']!r}"
+        )
+    warmup = config.get("warmup_steps", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < config["steps"]:
+        raise ValueError(
+            f"`warmup_steps` must be an integer in [0, steps={config['steps']}). "
+            f"Received: warmup_steps={warmup!r}"
+        )
+    for key in (*ADAM_BETAS, "ema_momentum"):
         if key not in config:
             continue
         value = config[key]
