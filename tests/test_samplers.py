@@ -13,6 +13,8 @@ continuous ODE, unlike DDIM with 1000 steps, which has its own O(1/1000) error (
 Errors were measured with trailing spacing, the linear schedule (T = 1000), 2048
 samples in 4 dimensions, mu = (-1.5, 0.3, 1, 2), s = (0.3, 0.8, 1, 1.7) (the small
 s = 0.3 makes the ODE curved near the data, which is where the solvers differ).
+The default spacing of every sampler is pinned on the cosine schedule with
+v-prediction (`spacing_errors`; table in docs/samplers.md).
 TensorFlow may be imported in tests only.
 """
 
@@ -22,8 +24,11 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from benchmarks.quality_diffusion import steps_for_nfe
 from kzoo.diffusion import schedules
 from kzoo.diffusion.samplers import (
+    SAMPLERS,
+    TIMESTEP_SPACINGS,
     DDIMSampler,
     DDPMSampler,
     DPMSolverMultistepSampler,
@@ -115,8 +120,8 @@ DETERMINISTIC_CASES = {
     "dpmpp_2m": (lambda: DPMSolverMultistepSampler(LINEAR), 20, 0.015, 0.17, 7.0),
     "euler": (lambda: EulerSampler(LINEAR), 50, 0.04, 0.26, 3.0),
     "euler_karras": (lambda: EulerSampler(LINEAR, use_karras_sigmas=True), 50, 0.055, 0.42, 3.0),
-    "heun": (lambda: HeunSampler(LINEAR), 20, 0.015, 0.13, 7.0),
-    "heun_karras": (lambda: HeunSampler(LINEAR, use_karras_sigmas=True), 20, 0.04, 0.29, 7.0),
+    "heun": (lambda: HeunSampler(LINEAR, use_karras_sigmas=False), 20, 0.015, 0.13, 7.0),
+    "heun_karras": (lambda: HeunSampler(LINEAR), 20, 0.04, 0.29, 7.0),  # the default
 }
 
 
@@ -159,6 +164,107 @@ def test_stochastic_samplers_reproduce_the_data_distribution(case):
     assert np.abs(out - EXACT).mean() > 0.3
 
 
+def spacing_options(name):
+    """Constructor kwargs of every spacing sampler `name` can use, by spacing name.
+
+    "karras" is Karras et al.'s sigmas (Euler and Heun only), from the first
+    "trailing" timestep (t = T - 1, capped at Heun's sigma_max).
+    """
+    options = {spacing: {"timestep_spacing": spacing} for spacing in TIMESTEP_SPACINGS}
+    if issubclass(SAMPLERS[name], EulerSampler):
+        options = {
+            spacing: {**kwargs, "use_karras_sigmas": False} for spacing, kwargs in options.items()
+        }
+        options["karras"] = {"timestep_spacing": "trailing", "use_karras_sigmas": True}
+    return options
+
+
+def spacing_of(sampler):
+    """The `spacing_options` name of a sampler's spacing."""
+    return "karras" if getattr(sampler, "use_karras_sigmas", False) else sampler.timestep_spacing
+
+
+def ddpm_output_moments(sampler, num_steps):
+    """Exact per-dimension mean and std of what `sampler` draws from the Gaussian data.
+
+    The optimal denoiser is affine in x_t and each step is affine in the sample and its
+    noise, so the output is `mean + a * z_T + sum_i b_i * z_i` for independent standard
+    normal z. Row 0 (all noise 0) gives the mean; row 1 (z_T = 1) and row 2 + i (step i's
+    noise = 1) give `mean` plus one coefficient each (`step` takes each step's noise).
+    """
+    denoiser = gaussian_denoiser(sampler.schedule, sampler.prediction_type)
+    sampler.set_timesteps(num_steps)
+    rows = len(sampler.timesteps) + 2
+
+    def ones_in_row(row):
+        values = np.zeros((rows, 4), np.float32)
+        values[row] = 1.0
+        return ops.convert_to_tensor(values)
+
+    x = ones_in_row(1) * sampler.init_noise_sigma
+    state = None
+    for i, t in enumerate(sampler.timesteps):
+        output = denoiser(sampler.scale_model_input(x, i), ops.broadcast_to(t, (rows,)), None)
+        x, state = sampler.step(output, i, x, noise=ones_in_row(2 + i), state=state)
+    x = np.asarray(x, np.float64)
+    mean = x[0]
+    return mean, np.sqrt(np.square(x[1:] - mean).sum(0))
+
+
+def closed_form_error(sampler, num_steps):
+    """Error of `sampler` at `num_steps` against the exact answer for the Gaussian data.
+
+    The measure of `benchmarks/sampler_spacing.py`, which imports it.
+
+    Deterministic samplers: mean |x - exact ODE solution| over NOISE, from the sampler's
+    start (`start_alpha`). Stochastic (DDPM): the 2-Wasserstein distance between its exact
+    output distribution (`ddpm_output_moments`) and the data's, N(MU, STD^2).
+    """
+    if sampler.stochastic:
+        mean, std = ddpm_output_moments(sampler, num_steps)
+        return float(np.sqrt(np.sum(np.square(mean - MU) + np.square(std - STD))))
+    (out,) = run(sampler, num_steps, schedule=sampler.schedule)
+    return float(np.abs(out - exact_ode_solution(NOISE, start_alpha(sampler))).mean())
+
+
+def spacing_errors(name, schedule, denoiser_calls, prediction_type="v"):
+    """`closed_form_error` of every spacing of sampler `name` within `denoiser_calls` calls.
+
+    Heun's `n` steps cost `2n - 1` calls, so it runs `(denoiser_calls + 1) // 2` steps
+    (`benchmarks.quality_diffusion.steps_for_nfe`).
+
+    Returns:
+        `({spacing: error}, steps, calls)`.
+    """
+    steps, calls = steps_for_nfe(name, denoiser_calls)
+    errors = {
+        spacing: closed_form_error(
+            make_sampler(name, schedule, prediction_type=prediction_type, **kwargs), steps
+        )
+        for spacing, kwargs in spacing_options(name).items()
+    }
+    return errors, steps, calls
+
+
+def test_ddpm_output_moments_match_drawn_samples():
+    sampler = DDPMSampler(LINEAR)
+    mean, std = ddpm_output_moments(sampler, 20)
+    noise = np.random.default_rng(1).standard_normal((16384, 4)).astype(np.float32)
+    (drawn,) = run(sampler, 20, noise=noise, seed=3)
+    # 16384 draws: standard errors std / 128 on the mean and 0.55% on the std.
+    assert np.all(np.abs(drawn.mean(0) - mean) < 4 * std / 128)
+    assert np.all(np.abs(drawn.std(0) / std - 1) < 4 * 0.0055)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_default_spacing_has_the_smallest_error_at_20_denoiser_calls(name):
+    # The cosine schedule with v-prediction, as kzoo's diffusion recipes; the table of
+    # every spacing, both schedules and 10/20/50 calls: docs/samplers.md.
+    errors, _, _ = spacing_errors(name, COSINE, 20)
+    default = spacing_of(make_sampler(name, COSINE))
+    assert errors[default] == min(errors.values()), errors
+
+
 def test_dpm_solver_is_closer_to_the_exact_ode_than_ddim_at_20_steps():
     (ddim,) = run(DDIMSampler(LINEAR), 20)
     (dpm,) = run(DPMSolverMultistepSampler(LINEAR), 20)
@@ -173,7 +279,7 @@ SAMPLER_NAMES = [
     ("ddim", {}),
     ("dpmpp_2m", {}),
     ("euler", {}),
-    ("heun", {"use_karras_sigmas": True}),
+    ("heun", {}),  # Karras sigmas, the default
 ]
 
 
@@ -255,13 +361,19 @@ def test_stochastic_seeds_reproduce():
 
 # Zero terminal SNR: a_T = 0, so the exact ODE maps x_T to mu + s * x_T (Heun: from
 # its capped sigma_max = 80 instead). Measured mean |err| at 20 steps: DDIM/Euler
-# 7.2e-2, DPM++ 1.1e-2, Heun 1.1e-2 (Euler's sigma_max uses a_T = 2**-24, so its
+# 7.2e-2, DPM++ 1.1e-2, Heun (spaced timesteps) 1.1e-2 (Euler's sigma_max uses a_T = 2**-24, so its
 # start is off by ~2e-4).
 @pytest.mark.parametrize(
-    "name, tolerance", [("ddim", 0.09), ("dpmpp_2m", 0.015), ("euler", 0.09), ("heun", 0.015)]
+    "name, kwargs, tolerance",
+    [
+        ("ddim", {}, 0.09),
+        ("dpmpp_2m", {}, 0.015),
+        ("euler", {}, 0.09),
+        ("heun", {"use_karras_sigmas": False}, 0.015),
+    ],
 )
-def test_zero_terminal_snr_with_v_prediction(name, tolerance):
-    sampler = make_sampler(name, ZERO_SNR, prediction_type="v")
+def test_zero_terminal_snr_with_v_prediction(name, kwargs, tolerance):
+    sampler = make_sampler(name, ZERO_SNR, prediction_type="v", **kwargs)
     (out,) = run(sampler, 20, schedule=ZERO_SNR)
     assert np.all(np.isfinite(out))
     assert np.abs(out - exact_ode_solution(NOISE, start_alpha(sampler))).mean() < tolerance
@@ -274,9 +386,12 @@ def test_zero_terminal_snr_with_v_prediction(name, tolerance):
 # <= 5.4% (optimal denoiser: 1.3 and 5.9%), DPM-Solver++ 0.9 and 2.4%.
 @pytest.mark.parametrize("x0_error", [0.0, 0.01])
 def test_heun_sigma_max_cap_keeps_the_cosine_schedule_stable(x0_error):
-    (uncapped,) = run(HeunSampler(COSINE, sigma_max=None), 20, schedule=COSINE, x0_error=x0_error)
+    # Heun on spaced timesteps (Karras sigmas, the default, ramp down from the cap).
+    uncapped_sampler = HeunSampler(COSINE, sigma_max=None, use_karras_sigmas=False)
+    (uncapped,) = run(uncapped_sampler, 20, schedule=COSINE, x0_error=x0_error)
     assert np.abs(uncapped.std(0) / STD - 1).max() > 5
-    for sampler in (HeunSampler(COSINE), DPMSolverMultistepSampler(COSINE)):
+    capped = HeunSampler(COSINE, use_karras_sigmas=False)
+    for sampler in (capped, DPMSolverMultistepSampler(COSINE)):
         (out,) = run(sampler, 20, schedule=COSINE, x0_error=x0_error)
         assert np.all(np.abs(out.mean(0) - MU) < 4 * STD / np.sqrt(NUM_SAMPLES))
         assert np.all(np.abs(out.std(0) / STD - 1) < 0.065)
@@ -317,7 +432,7 @@ def test_euler_and_heun_tables():
     lo, hi = LINEAR.sigmas[0] ** (1 / 7), LINEAR.sigmas[999] ** (1 / 7)
     np.testing.assert_allclose(sigmas[:-1], (hi + ramp * (lo - hi)) ** 7, rtol=1e-5)
     assert sigmas[-1] == 0
-    heun = HeunSampler(LINEAR, sigma_max=None)
+    heun = HeunSampler(LINEAR, sigma_max=None, use_karras_sigmas=False)
     np.testing.assert_array_equal(np.asarray(heun.set_timesteps(3)), [999, 666, 666, 332, 332])
 
 
@@ -325,7 +440,7 @@ def test_euler_and_heun_tables():
 def test_heun_sigma_max_caps_the_sigmas_and_timesteps(schedule, capped_t):
     # sigma(t) = 80 at t = 929.618 (linear, where sigma(999) = 157.4) and t = 990.978
     # (cosine, sigma(999) = 20291), interpolating log(sigma) as `sigma_to_timestep`.
-    heun = HeunSampler(schedule)
+    heun = HeunSampler(schedule, use_karras_sigmas=False)
     assert heun.sigma_max == 80.0
     timesteps = np.asarray(heun.set_timesteps(3))
     np.testing.assert_allclose(timesteps, [capped_t, 666, 666, 332, 332], atol=1e-3)
@@ -336,12 +451,12 @@ def test_heun_sigma_max_caps_the_sigmas_and_timesteps(schedule, capped_t):
     t_capped = ops.convert_to_tensor(timesteps[:1])
     assert float(schedules.timestep_to_sigma(schedule, t_capped)[0]) == pytest.approx(80.0, 1e-5)
     # Every spaced sigma above the cap becomes 80: zero-length steps (here t = 949).
-    many = HeunSampler(schedule)
+    many = HeunSampler(schedule, use_karras_sigmas=False)
     many.set_timesteps(20)
     expected = np.minimum(schedule.sigmas[999 - 50 * np.arange(20)], 80.0)
     np.testing.assert_allclose(np.asarray(many.sigmas)[:-1], expected, rtol=1e-6)
     # Karras sigmas: Eq. 5's ramp starts at the cap.
-    karras = HeunSampler(schedule, use_karras_sigmas=True)
+    karras = HeunSampler(schedule)  # Karras sigmas: the default
     karras.set_timesteps(5)
     lo, hi = schedule.sigmas[0] ** (1 / 7), 80.0 ** (1 / 7)
     ramp = np.linspace(0, 1, 5)
