@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.layers.resblocks import ResBlock
 from kzoo.models import UNet
 from kzoo.testing import assert_config_roundtrip, assert_keras_roundtrip, dtype_policy, gradients
 
@@ -114,6 +115,34 @@ def test_config_roundtrip_and_keras_save_load(tmp_path):
     assert isinstance(reloaded, UNet) and reloaded.num_classes == 3
 
 
+def test_scale_shift_norm_roundtrip_and_save_load(tmp_path):
+    model = UNet(**TINY, num_classes=3, scale_shift_norm=True)
+    # ADM's AdaGN: the embedding projection gives a scale and a shift per channel.
+    assert model.get_layer("down1_res0").embedding_proj.units == 2 * 16
+    clone = assert_config_roundtrip(model)
+    assert clone.scale_shift_norm and clone.count_params() == model.count_params()
+    assert "scale_shift_norm" not in UNet(**TINY).get_config()  # old configs unchanged
+    reloaded = assert_keras_roundtrip(model, list(batch()), str(tmp_path))
+    assert reloaded.scale_shift_norm
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_groupnorm_erases_an_added_embedding_but_not_a_scale_shift(scale_shift):
+    # One channel per group: GroupNorm removes each channel's mean over H, W, so a
+    # per-channel bias added before it (DDPM's injection) cannot reach the output;
+    # the scale and shift applied after it (AdaGN) do.
+    block = ResBlock(4, groups=4, scale_shift=scale_shift)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    embeddings = rng.normal(size=(2, 2, 8)).astype("float32")
+    outputs = [keras.ops.convert_to_numpy(block(x, embedding=e)) for e in embeddings]
+    difference = np.abs(outputs[0] - outputs[1]).max()
+    if scale_shift:
+        assert difference > 1e-2
+    else:
+        assert difference < 1e-5
+
+
 def test_mixed_float16_forward_is_finite_and_close_to_float32():
     x, t, y = batch()
     reference = UNet(**TINY, num_classes=3)
@@ -143,6 +172,7 @@ def test_mixed_float16_forward_is_finite_and_close_to_float32():
         (dict(num_res_blocks=0), "num_res_blocks=0"),
         (dict(num_classes=0), "num_classes=0"),
         (dict(dropout=1.0), "dropout=1.0"),
+        (dict(scale_shift_norm=1), "Received: scale_shift_norm=1"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):

@@ -2,7 +2,9 @@
 
 He et al. 2016 (https://arxiv.org/abs/1512.03385); the GroupNorm-SiLU-conv
 ordering and time-embedding injection follow Ho et al. 2020
-(https://arxiv.org/abs/2006.11239) and diffusers' `ResnetBlock2D`.
+(https://arxiv.org/abs/2006.11239) and diffusers' `ResnetBlock2D`; the optional
+scale-shift injection is ADM's AdaGN (Dhariwal & Nichol 2021,
+https://arxiv.org/abs/2105.05233, Section 3 and Table 1: "scale-shift norm").
 """
 
 import keras
@@ -19,24 +21,36 @@ class ResBlock(keras.layers.Layer):
         filters: output channels.
         groups: GroupNorm groups.
         dropout: dropout rate before the second conv.
+        scale_shift: how the embedding enters. False: projected to `filters` and
+            added after the first conv (DDPM); the GroupNorm after it removes each
+            group's mean of that bias. True: projected to a scale and a shift applied
+            after that GroupNorm, `norm(h) * (1 + scale) + shift` (ADM's AdaGN), so
+            the condition modulates every channel past the normalisation.
         **kwargs: base layer arguments.
 
-    `call(x, embedding=None)`: `embedding` (B, E) is projected to `filters` and
-    added after the first conv (the diffusion time/class embedding).
+    `call(x, embedding=None)`: `embedding` (B, E) is the diffusion time/class
+    embedding.
     """
 
-    def __init__(self, filters, groups=32, dropout=0.0, **kwargs):
+    def __init__(self, filters, groups=32, dropout=0.0, scale_shift=False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
         self.filters = filters
         self.groups = groups
         self.dropout = dropout
+        self.scale_shift = bool(scale_shift)
         self.norm1 = GroupNorm(groups, activation="silu", dtype=self.dtype_policy, name="norm1")
         self.conv1 = keras.layers.Conv2D(
             filters, 3, padding="same", dtype=self.dtype_policy, name="conv1"
         )
-        self.norm2 = GroupNorm(groups, activation="silu", dtype=self.dtype_policy, name="norm2")
+        self.norm2 = GroupNorm(
+            groups,
+            # With scale-shift the SiLU comes after the modulation.
+            activation=None if self.scale_shift else "silu",
+            dtype=self.dtype_policy,
+            name="norm2",
+        )
         self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.conv2 = keras.layers.Conv2D(
             filters, 3, padding="same", dtype=self.dtype_policy, name="conv2"
@@ -52,7 +66,9 @@ class ResBlock(keras.layers.Layer):
         self.conv2.build(out_shape)
         if embedding_shape is not None:
             self.embedding_proj = keras.layers.Dense(
-                self.filters, dtype=self.dtype_policy, name="embedding_proj"
+                self.filters * (2 if self.scale_shift else 1),
+                dtype=self.dtype_policy,
+                name="embedding_proj",
             )
             self.embedding_proj.build(embedding_shape)
         if inputs_shape[-1] != self.filters:
@@ -61,14 +77,24 @@ class ResBlock(keras.layers.Layer):
 
     def call(self, inputs, embedding=None, training=None):
         hidden = self.conv1(self.norm1(inputs))
+        projected = None
         if embedding is not None:
             if self.embedding_proj is None:
                 raise ValueError(
                     "This ResBlock was built without an embedding; call it with one the "
                     "first time to create the projection."
                 )
-            hidden = hidden + self.embedding_proj(ops.silu(embedding))[:, None, None, :]
-        hidden = self.conv2(self.drop(self.norm2(hidden), training=training))
+            projected = self.embedding_proj(ops.silu(embedding))[:, None, None, :]
+        if projected is not None and self.scale_shift:
+            scale, shift = ops.split(projected, 2, axis=-1)  # (B, 1, 1, filters) each
+            hidden = ops.silu(self.norm2(hidden) * (1.0 + scale) + shift)
+        else:
+            if projected is not None:
+                hidden = hidden + projected
+            hidden = self.norm2(hidden)
+            if self.scale_shift:  # no embedding: the SiLU norm2 leaves out
+                hidden = ops.silu(hidden)
+        hidden = self.conv2(self.drop(hidden, training=training))
         shortcut = inputs if self.skip is None else self.skip(inputs)
         return shortcut + hidden
 
@@ -77,7 +103,14 @@ class ResBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "groups": self.groups, "dropout": self.dropout})
+        config.update(
+            {
+                "filters": self.filters,
+                "groups": self.groups,
+                "dropout": self.dropout,
+                "scale_shift": self.scale_shift,
+            }
+        )
         return config
 
 

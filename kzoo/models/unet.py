@@ -61,6 +61,9 @@ class UNet(keras.Model):
             `[x_t, t, context, context_mask, pooled]` (see `context_inputs`), runs
             cross-attention to `context` after every self-attention, and adds a
             projection of `pooled` to the time embedding. Excludes `num_classes`.
+        scale_shift_norm: inject the time/label embedding as a scale and shift
+            after each residual block's second GroupNorm (ADM's AdaGN) instead of
+            adding it before that norm; see `kzoo.layers.ResBlock`.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -87,6 +90,7 @@ class UNet(keras.Model):
         num_heads=1,
         mid_attention=True,
         context_dim=None,
+        scale_shift_norm=False,
         **kwargs,
     ):
         image_shape = _check_int_tuple(image_shape, "image_shape", length=3)
@@ -101,6 +105,11 @@ class UNet(keras.Model):
         _check_positive_int(num_heads, "num_heads")
         if num_classes is not None:
             _check_positive_int(num_classes, "num_classes")
+        if not isinstance(scale_shift_norm, bool):
+            raise ValueError(
+                "`scale_shift_norm` must be True or False. "
+                f"Received: scale_shift_norm={scale_shift_norm!r}"
+            )
         if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         if any(c % norm_groups for c in channels):
@@ -178,9 +187,9 @@ class UNet(keras.Model):
         for level, filters in enumerate(channels):
             use_attention = level_sizes[level] in attention_resolutions
             for block in range(num_res_blocks):
-                x = ResBlock(filters, groups, dropout, name=f"down{level}_res{block}")(
-                    x, embedding=embedding
-                )
+                x = ResBlock(
+                    filters, groups, dropout, scale_shift_norm, name=f"down{level}_res{block}"
+                )(x, embedding=embedding)
                 if use_attention:
                     x = attention(x, f"down{level}_attn{block}")
                 skips.append(x)
@@ -188,19 +197,23 @@ class UNet(keras.Model):
                 x = Downsample(filters, name=f"down{level}_downsample")(x)
                 skips.append(x)
 
-        x = ResBlock(channels[-1], groups, dropout, name="mid_res0")(x, embedding=embedding)
+        x = ResBlock(channels[-1], groups, dropout, scale_shift_norm, name="mid_res0")(
+            x, embedding=embedding
+        )
         if mid_attention:
             x = attention(x, "mid_attn")
-        x = ResBlock(channels[-1], groups, dropout, name="mid_res1")(x, embedding=embedding)
+        x = ResBlock(channels[-1], groups, dropout, scale_shift_norm, name="mid_res1")(
+            x, embedding=embedding
+        )
 
         for level in reversed(range(len(channels))):
             filters = channels[level]
             use_attention = level_sizes[level] in attention_resolutions
             for block in range(num_res_blocks + 1):
                 x = keras.layers.Concatenate(name=f"up{level}_skip{block}")([x, skips.pop()])
-                x = ResBlock(filters, groups, dropout, name=f"up{level}_res{block}")(
-                    x, embedding=embedding
-                )
+                x = ResBlock(
+                    filters, groups, dropout, scale_shift_norm, name=f"up{level}_res{block}"
+                )(x, embedding=embedding)
                 if use_attention:
                     x = attention(x, f"up{level}_attn{block}")
             if level > 0:
@@ -227,6 +240,7 @@ class UNet(keras.Model):
         self.num_heads = num_heads
         self.mid_attention = mid_attention
         self.context_dim = context_dim
+        self.scale_shift_norm = scale_shift_norm
 
     def __call__(self, inputs, *args, **kwargs):
         inputs = standardize_denoiser_inputs(
@@ -249,6 +263,8 @@ class UNet(keras.Model):
             "num_heads": self.num_heads,
             "mid_attention": self.mid_attention,
             **({} if self.context_dim is None else {"context_dim": self.context_dim}),
+            # Written only when set, so configs of earlier models stay as they were.
+            **({"scale_shift_norm": True} if self.scale_shift_norm else {}),
         }
 
     @classmethod
