@@ -1,0 +1,58 @@
+"""benchmarks.learning_curve's EMA swap and benchmarks.plot_curve's PNG."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import learning_curve, plot_curve
+
+
+def _model(use_ema):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(0.1, use_ema=use_ema), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_ema_swap_scores_the_averages_and_restores_the_raw_weights():
+    model = _model(use_ema=True)
+    raw = [v.numpy() for v in model.trainable_variables]
+    # Averages that differ from the weights, as mid-training (fit swaps them in
+    # only after its last epoch).
+    averages = [v.numpy() + 1.0 for v in model.trainable_variables]
+    for slot, value in zip(model.optimizer._model_variables_moving_average, averages, strict=True):
+        slot.assign(value)
+    restore = learning_curve._swap_in_ema(model)
+    for variable, average in zip(model.trainable_variables, averages, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average)
+    learning_curve._restore(model, restore)
+    for variable, value in zip(model.trainable_variables, raw, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_without_ema_nothing_is_swapped():
+    model = _model(use_ema=False)
+    assert learning_curve._swap_in_ema(model) is None
+
+
+def test_plot_curve_draws_one_line_per_tag(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"tag": "a", "step": 1000, "shape_accuracy": 0.4, "shape_accuracy_se": 0.03},
+        {"tag": "a", "step": 500, "shape_accuracy": 0.2, "shape_accuracy_se": 0.02},
+        {"tag": "b", "step": 500, "shape_accuracy": 0.3},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    curves = plot_curve.load_rows(str(path))
+    assert [r["step"] for r in curves["a"]] == [500, 1000]
+    out = tmp_path / "curve.png"
+    plot_curve.main([str(path), "--out", str(out), "--chance", "0.1667"])
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == (plot_curve.HEIGHT, plot_curve.WIDTH, 3)
+    for colour in plot_curve.COLOURS[:2]:  # both tags drawn
+        assert np.all(image == colour, axis=-1).sum() > 20
+    with pytest.raises(SystemExit, match="No rows to plot"):
+        plot_curve.main([str(path), "--out", str(out), "--tags", "missing"])
