@@ -144,7 +144,9 @@ def main(argv=None):
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--workdir", default=None, help="save the final model and samples here")
+    parser.add_argument(
+        "--workdir", default=None, help="save config.json, the final checkpoint and samples here"
+    )
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
 
@@ -215,9 +217,12 @@ def main(argv=None):
         verbose=0,
     )
     if args.workdir:
-        raw = _swap_in_ema(model)
-        model.save(os.path.join(args.workdir, "model.keras"))
-        _restore(model, raw)
+        # A workdir like `kzoo train`'s, for `kzoo sample` and benchmarks.quality_diffusion.
+        from kzoo.training import checkpoint
+
+        checkpoint.write_json_atomic(os.path.join(args.workdir, checkpoint.CONFIG_FILE), config)
+        epochs = args.steps // args.eval_every
+        checkpoint.save_checkpoint(model, args.workdir, epochs, epochs * args.eval_every)
 
 
 if __name__ == "__main__":
