@@ -1,7 +1,9 @@
 """kzoo: a Keras 3 / TensorFlow model zoo for generative and cross-modal models.
 
-Subpackages load on first use (`kzoo.layers`, `kzoo.models`, `kzoo.data`, ...), so
-`import kzoo` stays cheap and the CLI can answer `kzoo recipes` without TensorFlow.
+`import kzoo` registers every kzoo class with Keras (layers, models, diffusion, the
+tokenizer, the metric networks), so `keras.saving.load_model("model.keras")` works
+after it in a fresh process. `kzoo.training`, `kzoo.export` and `kzoo.testing` load
+on first use.
 """
 
 import importlib
@@ -12,19 +14,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = (
-    "layers",
-    "models",
-    "data",
-    "diffusion",
-    "training",
-    "export",
-    "metrics",
-    "testing",
-)
+# The modules holding every `register_keras_serializable(package="kzoo")` class.
+from kzoo import data, diffusion, layers, metrics, models  # noqa: E402, F401
+from kzoo.data import tokenizer as _tokenizer  # noqa: E402, F401
+
+_LAZY_SUBPACKAGES = ("training", "export", "testing")
 
 
 def __getattr__(name):
-    if name in _SUBPACKAGES:
+    if name in _LAZY_SUBPACKAGES:
         return importlib.import_module(f"kzoo.{name}")
     raise AttributeError(f"module 'kzoo' has no attribute {name!r}")
