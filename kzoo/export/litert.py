@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from kzoo import _startup
 from kzoo.export import _core
 
 QUANTIZE_MODES = ("none", "float16", "dynamic")
@@ -226,5 +227,6 @@ def run_litert(path, signature, inputs):
                 f"(-1 = any). Received: shape={list(value.shape)}"
             )
         feed[name] = value
-    outputs = runner(**feed)
+    with _startup.quiet_stderr(_startup.LITERT_NOISE):
+        outputs = runner(**feed)
     return {name: np.array(value) for name, value in outputs.items()}
