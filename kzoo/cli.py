@@ -95,7 +95,12 @@ def _parser():
     p.add_argument("--quantize", default="none", choices=QUANTIZE)
     p.add_argument("--out", default="exported")
     p.add_argument("--name", help="model name in the export layout (default: the recipe)")
-    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument(
+        "--version",
+        type=int,
+        help="version number in the format's folder (default: its next free one); "
+        "an existing version is never overwritten",
+    )
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("demo", help="train, evaluate, export and check the demo models")
@@ -381,7 +386,14 @@ def _cmd_export(args):
             "--quantize applies to LiteRT only. "
             f"Received: --format=saved_model --quantize={args.quantize}"
         )
-    model = load_trained_model(args.workdir)
+    model = None
+    name = args.name or config.get("recipe")
+    if name is None:
+        model = load_trained_model(args.workdir)
+        name = model.name
+    _check_new_version(args, name)
+    if model is None:
+        model = load_trained_model(args.workdir)
     exportable = model
     if args.format == "litert" and hasattr(model, "litert_exportable"):
         # LiteRT has no string ops: models with tf.string signatures (DualEncoder,
@@ -390,7 +402,7 @@ def _cmd_export(args):
     results = export_all(
         exportable,
         args.out,
-        name=args.name or config.get("recipe") or model.name,
+        name=name,
         formats=(args.format,),
         quantize=(args.quantize,),
         version=args.version,
@@ -401,6 +413,25 @@ def _cmd_export(args):
     if exportable is not model:
         print(f"LiteRT signatures (token ids, no strings): {', '.join(result.signatures)}")
     print(f"Exported to {result.path}")
+
+
+def _check_new_version(args, name):
+    """Refuses a `--version` that is not positive or exists (before any slow work)."""
+    from kzoo.export.saved_model import export_dirs
+
+    if args.version is None:
+        return
+    if args.version < 1:
+        raise ValueError(
+            f"--version must be a positive integer. Received: --version={args.version}"
+        )
+    path = os.path.join(export_dirs(args.out, name)[args.format], str(args.version))
+    if os.path.exists(path):
+        raise ValueError(
+            f"--version {args.version} already exists ({path}); kzoo export never "
+            "overwrites a version. Pick another --version, or leave it out for the next "
+            f"free one. Received: --version={args.version}"
+        )
 
 
 def _cmd_demo(args):

@@ -305,19 +305,34 @@ def numeric_versions(directory):
     )
 
 
-def resolve_version(version, check_dirs, scan_dirs):
-    """Returns `version` if free in every `check_dirs`, or the next integer after the
-    largest version in `scan_dirs` (SavedModel and LiteRT dirs share the numbering)."""
+def resolve_version(version, directories):
+    """The version to write into every one of `directories`.
+
+    Each export folder numbers its own versions, so only the folders being written are
+    looked at: a SavedModel export after LiteRT ones still takes the SavedModel
+    folder's next number. A call writing several folders takes one version free in all.
+
+    Args:
+        version: a positive int, or None for the next integer after the largest
+            version in any of `directories`.
+        directories: the version folders (`<out_dir>/<name>/`, ...) to be written.
+
+    Raises:
+        ValueError: `version` is not a positive int, or exists in one of
+            `directories` (a version is never overwritten).
+    """
     if version is None:
-        existing = [v for d in scan_dirs for v in numeric_versions(d)]
+        existing = [v for d in directories for v in numeric_versions(d)]
         return max(existing, default=0) + 1
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be a positive int. Received: version={version!r}")
-    for directory in check_dirs:
-        if os.path.exists(os.path.join(directory, str(version))):
+    for directory in directories:
+        path = os.path.join(directory, str(version))
+        if os.path.exists(path):
             raise ValueError(
-                f"Version {version} already exists in {directory!r}; pick another or leave "
-                f"version=None for the next free one. Received: version={version}"
+                f"Version {version} already exists ({path!r}) and is never overwritten; "
+                f"pick another or leave version=None for the next free one. "
+                f"Received: version={version}"
             )
     return version
 

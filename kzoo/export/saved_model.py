@@ -8,10 +8,11 @@ Layout (`out_dir` is what TF Serving's `--model_base_path` parent points at):
 ```
 
 TF Serving scans `<out_dir>/<name>/` for integer directories only and serves the
-largest, so LiteRT files live in a sibling `<name>_litert/` with the same version
-numbers. Each version is written into a `.tmp-*` directory (ignored by TF Serving) in
-the same parent and renamed into place at the end; on any failure the temp directory
-is removed and existing versions are left untouched.
+largest, so LiteRT files live in a sibling `<name>_litert/`. Each folder numbers its
+own versions (an export writing both takes one version free in both), and an existing
+version is never overwritten. Each version is written into a `.tmp-*` directory
+(ignored by TF Serving) in the same parent and renamed into place at the end; on any
+failure the temp directory is removed and existing versions are left untouched.
 
 See https://www.tensorflow.org/tfx/serving/serving_basic for the layout and
 https://keras.io/api/models/model_saving_apis/export/ for `ExportArchive`.
@@ -71,8 +72,8 @@ def export_saved_model(
         model: a built model with `export_endpoints()`.
         out_dir: the base directory.
         name: the export name; default `model.name`.
-        version: a positive int; default the next integer after the largest existing
-            version (of `<name>/` and `<name>_litert/`).
+        version: a positive int that `<name>/` does not hold yet; default the next
+            integer after its largest version.
         parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
             default the model's `export_parity_batch()` if it has one, else a generated
             batch (see `kzoo.export.parity`).
@@ -123,8 +124,9 @@ def export_all(
         formats: a subset of `("saved_model", "litert")`.
         quantize: LiteRT variants, from `("none", "float16", "dynamic")`; written as
             `float32.tflite`, `float16.tflite`, `dynamic.tflite`.
-        version: a positive int free in every written format's directory; default the
-            next integer after the largest existing version.
+        version: a positive int free in the folder of every format written; default
+            the next integer after the largest version in those folders (each folder
+            numbers its own versions).
         parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
             default the model's `export_parity_batch()` if it has one, else generated.
         check_parity: set False to skip the parity checks.
@@ -150,15 +152,10 @@ def export_all(
         parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
     name = _core.resolve_name(model, name)
-    dirs = {
-        "saved_model": os.path.join(out_dir, name),
-        "litert": os.path.join(out_dir, name + _core.LITERT_DIR_SUFFIX),
-    }
+    dirs = export_dirs(out_dir, name)
     for directory in dirs.values():
         _core.check_is_dir(directory)
-    version = _core.resolve_version(
-        version, check_dirs=[dirs[f] for f in formats], scan_dirs=list(dirs.values())
-    )
+    version = _core.resolve_version(version, [dirs[f] for f in formats])
 
     # Parent dirs this call creates are removed again if the export fails.
     new_dirs = [d for d in (*dirs.values(), out_dir) if not os.path.exists(d)]
@@ -177,6 +174,14 @@ def export_all(
                 stacklevel=2,
             )
     return results
+
+
+def export_dirs(out_dir, name):
+    """`{format: folder}`: where each format's versions of `name` live under `out_dir`."""
+    return {
+        "saved_model": os.path.join(out_dir, name),
+        "litert": os.path.join(out_dir, name + _core.LITERT_DIR_SUFFIX),
+    }
 
 
 def _export(model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity):
