@@ -3,8 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Quiet TensorFlow's C++ start-up chatter; errors still show.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# `import kzoo` quiets TensorFlow's C++ start-up lines itself (KZOO_DEBUG=1 shows them).
 export KERAS_BACKEND := tensorflow
 
 .PHONY: install demo test test-fast lint format bench clean
