@@ -129,11 +129,44 @@ def _cmd_train(args):
     import importlib
 
     from kzoo.training import train
+    from kzoo.training.trainer import plan_run
 
     workdir = args.workdir or os.path.join("runs", args.recipe)
+    config = _resumed_config(workdir, args.recipe, args.overrides) or config
+    plan = plan_run(config, workdir, steps=args.steps)
+    if plan.finished:
+        steps = plan.config["steps"]
+        where = f"of {steps}" if plan.step == steps else f"(requested steps={steps})"
+        print(
+            f"{workdir} is already at step {plan.step} {where}; nothing to train. "
+            f"Use --set steps=N with N > {plan.step} to train further."
+        )
+        return
     recipe = importlib.import_module(f"recipes.{args.recipe}")
     train(config, workdir, steps=args.steps, dataset_fn=getattr(recipe, "build_dataset", None))
     print(f"Trained {args.recipe}; checkpoint and config.json in {workdir}")
+
+
+def _resumed_config(workdir, recipe, overrides):
+    """The config of the run a workdir's checkpoint resumes, `--set` applied; else None.
+
+    Resuming keeps the run's `config.json` (not the recipe's current defaults);
+    the trainer refuses `--set` values that differ from it, except `steps`.
+    """
+    from kzoo.training.checkpoint import CONFIG_FILE, read_state
+
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)) or read_state(workdir) is None:
+        return None
+    import recipes
+
+    saved = _workdir_config(workdir)
+    if saved.get("recipe", recipe) != recipe:
+        raise ValueError(
+            f"The workdir holds a run of recipe {saved['recipe']!r}; resume it with that "
+            f"recipe or train in a new workdir. Received: recipe={recipe!r}, "
+            f"workdir={workdir!r}"
+        )
+    return recipes.apply_overrides(saved, overrides)
 
 
 def _workdir_config(workdir):

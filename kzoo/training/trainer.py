@@ -1,13 +1,20 @@
 """Run a recipe config: build the model and data, `fit` with checkpoints, resume.
 
 The data pipeline is deterministic and each resumed run skips the batches the
-checkpointed epochs consumed, so a run interrupted at any point and started
-again ends with the same weights as an uninterrupted one.
+checkpointed epochs consumed; the checkpoint restores the raw weights, the
+optimizer (EMA averages included) and every seed generator. So a run interrupted
+at any point and started again, or stopped at N steps and continued to 2N, ends
+with the same weights as an uninterrupted one.
+
+A workdir with a checkpoint keeps its run's `config.json`: resuming with another
+config raises, except for `steps`.
 """
 
+import json
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import keras
 
@@ -127,6 +134,80 @@ def validate_config(config):
             raise ValueError(f"`{key}` must be a float in [0, 1). Received: {key}={value!r}")
 
 
+class RunPlan(NamedTuple):
+    """Where `train` starts in a workdir and how far it goes (`plan_run`)."""
+
+    config: dict  # the resolved config, `steps` applied
+    step: int  # optimizer steps the workdir's checkpoint holds (0: a new run)
+    steps_per_epoch: int
+    initial_epoch: int
+    epochs: int
+
+    @property
+    def finished(self):
+        """True when the checkpoint already holds `config["steps"]` steps or more."""
+        return self.initial_epoch >= self.epochs
+
+
+def plan_run(config, workdir, steps=None):
+    """Check `config` for training in `workdir`; return the `RunPlan`.
+
+    A workdir with a checkpoint resumes its run, with its epochs of
+    `step / epoch` steps, and must be asked for the same config as its
+    `config.json` except for `steps`.
+
+    Raises:
+        ValueError: a bad training setting, or a config that differs from the
+            workdir run's (naming each key with its saved and requested value).
+    """
+    config = dict(config)
+    if steps is not None:
+        config["steps"] = steps
+    validate_config(config)
+    _check_strategy_supported(config)
+    state = ckpt.read_state(workdir) if os.path.isdir(workdir) else None
+    if state is None:
+        steps_per_epoch, initial_epoch, step = min(config["steps_per_epoch"], config["steps"]), 0, 0
+    else:
+        saved_path = os.path.join(workdir, ckpt.CONFIG_FILE)
+        if os.path.exists(saved_path):
+            with open(saved_path) as f:
+                check_unchanged_config(json.load(f), config, workdir)
+        step, initial_epoch = state["step"], state["epoch"]
+        steps_per_epoch = step // initial_epoch
+    epochs = math.ceil(config["steps"] / steps_per_epoch)
+    return RunPlan(config, step, steps_per_epoch, initial_epoch, epochs)
+
+
+def check_unchanged_config(saved, requested, workdir):
+    """Raise if `requested` differs from a workdir run's `saved` config but in `steps`.
+
+    The model, optimizer and data come from the checkpoint and the run's
+    config, so any other change would be silently ignored or would break the
+    resume (a new batch size moves the data position).
+    """
+    differences = []
+
+    def compare(old, new, prefix):
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}{key}"
+            if path == "steps":
+                continue
+            a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+            if isinstance(a, dict) and isinstance(b, dict):
+                compare(a, b, f"{path}.")
+            elif a != b:
+                differences.append(f"{path}={b!r} (saved: {a!r})")
+
+    compare(ckpt.as_json(saved), ckpt.as_json(requested), "")
+    if differences:
+        raise ValueError(
+            f"The workdir holds a run trained with another config; resuming keeps its "
+            f"config.json and only `steps` may change (train in a new workdir to change "
+            f"the rest). Received: {', '.join(differences)} for workdir={workdir!r}"
+        )
+
+
 def train_dataset(config, model, skip_batches=0):
     """The recipe's infinite, deterministic training dataset, `skip_batches` in."""
     import kzoo.data
@@ -175,21 +256,28 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
             grids, say); default `train_dataset`.
 
     Returns:
-        The trained `keras.Model` (also saved as the workdir's checkpoint).
+        The trained `keras.Model` to serve: with `ema`, the moving averages are
+        its weights (as `fit` leaves them), while the workdir's checkpoint keeps
+        the raw ones to resume from. A workdir already at `steps` trains nothing
+        and returns its model (`plan_run(...).finished` tells beforehand).
+
+    Raises:
+        ValueError: a bad setting, or a workdir whose run has another config
+            (`check_unchanged_config`).
     """
-    config = dict(config)
-    if steps is not None:
-        config["steps"] = steps
-    validate_config(config)
-    config["steps_per_epoch"] = min(config["steps_per_epoch"], config["steps"])
+    plan = plan_run(config, workdir, steps)
+    config = plan.config
     strategy = _strategy(config)
     warn_slow_settings(config)
     keras.mixed_precision.set_global_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
+    if plan.finished:
+        with strategy.scope():
+            return ckpt.load_trained_model(workdir)
     os.makedirs(workdir, exist_ok=True)
 
     with strategy.scope():
-        model, state = ckpt.load_checkpoint(workdir)
+        model, _ = ckpt.load_checkpoint(workdir)
         if model is None:
             model_config = dict(config["model"])
             if config.get("autoencoder_workdir"):
@@ -204,21 +292,15 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
         from kzoo.training.distribute import enable_multi_worker_fit
 
         enable_multi_worker_fit(model)
-    initial_epoch = state["epoch"] if state else 0
     if _is_chief(strategy):
         ckpt.write_json_atomic(os.path.join(workdir, ckpt.CONFIG_FILE), config)
 
-    steps_per_epoch = config["steps_per_epoch"]
-    epochs = math.ceil(config["steps"] / steps_per_epoch)
-    if initial_epoch >= epochs:
-        return model
-    dataset = (dataset_fn or train_dataset)(
-        config, model, skip_batches=initial_epoch * steps_per_epoch
-    )
+    steps_per_epoch = plan.steps_per_epoch
+    dataset = (dataset_fn or train_dataset)(config, model, skip_batches=plan.step)
     model.fit(
         dataset,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
+        epochs=plan.epochs,
+        initial_epoch=plan.initial_epoch,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # the dataset shuffles itself, deterministically
         callbacks=[
@@ -275,14 +357,23 @@ def _strategy(config):
         return tf.distribute.get_strategy()
     from kzoo.training.distribute import get_strategy
 
-    if config["jit_compile"] and not tf.config.list_physical_devices("GPU"):
+    return get_strategy(name)
+
+
+def _check_strategy_supported(config):
+    """Raise for a strategy this machine cannot run with the config's other settings."""
+    name = config.get("strategy", "default")
+    if name == "default" or not config["jit_compile"]:
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
         # NOTES.md: MirroredStrategy + jit_compile fails on CPU (a resource on
         # CPU:1 read from CPU:0), and XLA cannot compile cross-worker collectives.
         raise ValueError(
             f"jit_compile=true is not supported with strategy={name!r} on CPU. "
             "Received: jit_compile=True"
         )
-    return get_strategy(name)
 
 
 def warn_slow_settings(config):
