@@ -20,7 +20,9 @@ Markers: HTML comments on the lines right above a fence (invisible when rendered
   PREFIX (a leading `.venv/bin/` ignored), ARGS is appended before any trailing
   `# comment`. The document shows the real command (`kzoo train vqvae_shapes`)
   and the test makes it small (`--steps 2 --set batch_size=8`); argparse takes the
-  last value of a repeated option. Every marker must match a command.
+  last value of a repeated option. ARGS is shell text: quote what bash would
+  read as syntax (`--set 'model.channels=(8,16)'`). Every marker must match a
+  command, and `bash -n` must accept the block both as shown and as run.
 Nothing else is allowed: a block the test neither runs nor was told to skip fails.
 
 Links. Every relative link or image of README.md, docs/*.md, benchmarks/README.md
@@ -272,7 +274,6 @@ def scratch_copy(root):
 def block_env():
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["KERAS_BACKEND"] = "tensorflow"
     env.pop("PYTHONPATH", None)
     return env
@@ -507,15 +508,22 @@ def test_document_blocks_run(doc, scratch):
 
 
 def test_shell_blocks_parse():
-    """`bash -n` accepts every shell block, the skipped ones included."""
+    """`bash -n` accepts every shell block as shown and, with its markers applied, as run."""
     problems = []
     for doc in documents():
         for block in parse_blocks(doc):
             if block.kind != "shell":
                 continue
-            result = subprocess.run(
-                ["bash", "-n", "-c", block.code], capture_output=True, text=True, check=False
-            )
-            if result.returncode != 0:
-                problems.append(f"{block}: {result.stderr.strip()}")
+            scripts = {"as shown": block.code}
+            if not block.skip_reason and block.appends:
+                try:
+                    scripts["with its markers"] = shell_script(block)
+                except AssertionError:
+                    pass  # reported by test_every_block_is_run_shown_or_skipped_with_a_reason
+            for what, script in scripts.items():
+                result = subprocess.run(
+                    ["bash", "-n", "-c", script], capture_output=True, text=True, check=False
+                )
+                if result.returncode != 0:
+                    problems.append(f"{block} {what}: {result.stderr.strip()}")
     assert not problems, "\n".join(problems)
