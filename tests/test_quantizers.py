@@ -27,6 +27,31 @@ def test_indices_are_the_brute_force_nearest_codes():
     np.testing.assert_allclose(ops.convert_to_numpy(vq.lookup(indices)), codebook[indices])
 
 
+def test_indices_match_a_float64_search_far_from_the_origin():
+    # Codes around (1000, ..., 1000), in pairs 0.2 apart: the nearest of a pair is nearer
+    # by at most 0.04 in squared distance, while 2 x.e - ||e||^2 (~8e6) rounds to ~0.5 in
+    # float32. The search must still pick what float64 picks: the direct distances it
+    # compares are exact up to rounding relative to the distances themselves (~1e-8).
+    dim = 8
+    eye = np.eye(dim)
+    first = 1000.0 + 10.0 * eye
+    codebook = np.stack([first, first + 0.2 * np.roll(eye, 1, axis=1)], 1).reshape(16, dim)
+    rng = np.random.default_rng(12)
+    pair = rng.integers(0, dim, 256)
+    t = rng.uniform(0.0, 1.0, 256)
+    x = first[pair] + 0.2 * t[:, None] * np.roll(eye, 1, axis=1)[pair]
+    x = (x + rng.normal(0.0, 0.01, x.shape)).astype("float32")
+    vq = _vq(codebook_size=16, embedding_dim=dim)
+    vq.codebook.assign(codebook.astype("float32"))
+    exact = x.astype("float64")[:, None, :] - codebook.astype("float32").astype("float64")
+    nearest = (exact**2).sum(-1).argmin(-1)
+    assert 0.3 < np.mean(nearest % 2) < 0.7  # both codes of the pairs are nearest often
+    np.testing.assert_array_equal(ops.convert_to_numpy(vq.get_code_indices(x)), nearest)
+    # The inference forward pass (what a serving signature runs) picks the same codes.
+    quantized = ops.convert_to_numpy(vq(x, training=False))
+    np.testing.assert_array_equal(quantized, codebook.astype("float32")[nearest])
+
+
 def test_forward_is_quantized_and_gradient_is_straight_through():
     vq = _vq()
     x = keras.Variable(np.random.default_rng(1).normal(size=(2, 3, 4)).astype("float32"))
