@@ -304,6 +304,7 @@ def test_format_parity_table(exported):
         "metric",
         "value",
         "limit",
+        "raw",
         "mean_abs",
         "ok",
     ]
@@ -312,10 +313,10 @@ def test_format_parity_table(exported):
     ok_column = lines[0].index("ok")
     assert all(line[ok_column:].strip() == "yes" for line in lines[1:])
     row = next(line for line in lines if line.startswith("litert/float16") and "indices" in line)
-    assert row.split()[3:] == ["index_agreement", "1", "0.99", "-", "yes"]
+    assert row.split()[3:] == ["index_agreement", "1", "0.99", "-", "-", "yes"]
     row = next(line for line in lines if line.startswith("saved_model") and "decode" in line)
-    metric, value, limit, mean, ok = row.split()[3:]
-    assert (metric, limit, ok) == ("max_abs_error", "0.0001", "yes")
+    metric, value, limit, raw, mean, ok = row.split()[3:]
+    assert (metric, limit, raw, ok) == ("max_abs_error", "0.0001", "-", "yes")
     assert 0 <= float(mean) <= float(value) <= 1e-4
     failing = {
         "results": {
@@ -324,7 +325,13 @@ def test_format_parity_table(exported):
             }
         }
     }
-    assert format_parity_table(failing).splitlines()[1].split()[-4:] == ["0.5", "0.9", "-", "NO"]
+    assert format_parity_table(failing).splitlines()[1].split()[-5:] == [
+        "0.5",
+        "0.9",
+        "-",
+        "-",
+        "NO",
+    ]
 
 
 def test_versions_increment_and_existing_version_is_rejected(model, tmp_path):

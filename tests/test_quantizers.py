@@ -314,6 +314,28 @@ def test_factorised_codes_project_to_code_dim_and_back():
         assert np.abs(ops.convert_to_numpy(grad)).sum() > 0, variable.name
 
 
+def test_search_vectors_are_what_the_nearest_code_search_compares():
+    # Factorised cosine codes: the search runs on projected, l2-normalised vectors.
+    vq = VectorQuantizer(16, 8, code_dim=3, use_cosine=True)
+    vq.build((None, 8))
+    x = np.random.default_rng(11).normal(size=(2, 5, 8)).astype("float32")
+    vectors, codes = (ops.convert_to_numpy(t) for t in vq.search_vectors(x))
+    assert vectors.shape == (2, 5, 3) and codes.shape == (16, 3)
+    projected = x @ ops.convert_to_numpy(vq.project_in.kernel)
+    projected += ops.convert_to_numpy(vq.project_in.bias)
+    expected = projected / np.linalg.norm(projected, axis=-1, keepdims=True)
+    # Unit vectors computed in float32 in another order: a few ulps (1.2e-7) apart.
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    codebook = ops.convert_to_numpy(vq.codebook)
+    np.testing.assert_allclose(
+        codes, codebook / np.linalg.norm(codebook, axis=-1, keepdims=True), atol=1e-6
+    )
+    distances = ((vectors[..., None, :].astype("float64") - codes) ** 2).sum(-1)  # (2, 5, 16)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(vq.get_code_indices(x)), distances.argmin(-1)
+    )
+
+
 def test_orthogonal_regulariser_matches_equation_2():
     vq = _vq(codebook_size=6, embedding_dim=4, orthogonal_reg_weight=0.3)
     x = np.random.default_rng(11).normal(size=(10, 4)).astype("float32")

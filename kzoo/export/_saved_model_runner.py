@@ -8,8 +8,9 @@ modules on its own, so the check asserts only that no `kzoo` module was imported
 reports the rest.
 
 Request JSON: `{"saved_model_dir", "inputs_npz", "outputs_npz", "result_json",
-"signatures": {signature: {input_name: npz_key}}}`. Result JSON:
-`{"outputs": {signature: {output_name: npz_key}}, "checks": {...}}`.
+"runs": {run: {"signature": name, "inputs": {input_name: npz_key}}}}` (a signature may
+run more than once, on other inputs). Result JSON:
+`{"outputs": {run: {output_name: npz_key}}, "checks": {...}}`.
 """
 
 import json
@@ -33,17 +34,17 @@ def main(argv):
     loaded = tf.saved_model.load(request["saved_model_dir"])
     outputs, manifest = {}, {}
     with np.load(request["inputs_npz"]) as inputs:
-        for signature, input_keys in request["signatures"].items():
-            fn = loaded.signatures[signature]
-            feed = {name: tf.constant(inputs[key]) for name, key in input_keys.items()}
-            manifest[signature] = {}
+        for run, spec in request["runs"].items():
+            fn = loaded.signatures[spec["signature"]]
+            feed = {name: tf.constant(inputs[key]) for name, key in spec["inputs"].items()}
+            manifest[run] = {}
             for name, tensor in fn(**feed).items():
                 key = f"out_{len(outputs)}"
                 value = tensor.numpy()
                 if value.dtype == object:  # tf.string: bytes, loadable without pickling
                     value = value.astype(np.bytes_)
                 outputs[key] = value
-                manifest[signature][name] = key
+                manifest[run][name] = key
     kzoo_modules = _kzoo_modules()
     np.savez(request["outputs_npz"], **outputs)
     checks = {

@@ -668,10 +668,21 @@ class VectorQuantizer(_Quantizer):
     # === Codes ===
     def get_code_indices(self, inputs):
         """Nearest-code indices, int32 of shape `inputs.shape[:-1]`."""
-        inputs = ops.cast(inputs, "float32")
-        flat = ops.reshape(self._project_in(inputs), (-1, self._code_size))
-        indices = nearest_code(flat, self._codes())
+        vectors, codes = self.search_vectors(inputs)
+        indices = nearest_code(ops.reshape(vectors, (-1, self._code_size)), codes)
         return ops.reshape(indices, ops.shape(inputs)[:-1])
+
+    def search_vectors(self, inputs):
+        """What the nearest-code search compares: `(vectors, codes)`, both float32.
+
+        `vectors` (shape `inputs.shape[:-1] + (code_dim or embedding_dim,)`) are the
+        inputs after the `code_dim` projection and cosine normalisation, `codes` the
+        `(codebook_size, code_dim or embedding_dim)` codebook in the same space.
+        `get_code_indices` picks, for each vector, the code at the least squared L2
+        distance; export parity uses both to tell a near tie from a wrong choice.
+        """
+        inputs = ops.cast(inputs, "float32")
+        return self._project_in(inputs), self._codes()
 
     def lookup(self, indices):
         """Code vectors for integer `indices`: shape `indices.shape + (embedding_dim,)`."""
