@@ -177,7 +177,9 @@ def test_tfds_path_reads_prepared_kzoo_shapes(tmp_path):
     for caption, label in zip(captions, labels, strict=True):
         assert SHAPES[label] in caption.decode().split()
     # Once prepared, the split names are known and checked before loading.
-    with pytest.raises(ValueError, match=r"Unknown split 'valid'.*\['test', 'train'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown split 'valid'.*\['test', 'train', 'validation'\]"
+    ):
         load("kzoo_shapes/16x16", split="valid[:10]", data_dir=data_dir)
 
 
@@ -200,7 +202,7 @@ def test_nonsquare_images_are_center_cropped():
             r"Received: name='no_such_dataset'",
         ),
         ({"name": "Not A Name"}, r"Cannot open dataset.*Received: name='Not A Name'"),
-        ({"name": "kzoo_shapes", "split": "validation"}, r"Received: split='validation'"),
+        ({"name": "kzoo_shapes", "split": "val"}, r"Received: split='val'"),
         ({"name": "kzoo_shapes", "batch_size": 0}, r"Received: batch_size=0"),
         ({"name": "kzoo_shapes", "image_size": 4}, r"Received: image_size=4"),
         ({"name": "kzoo_shapes", "image_size": 32.0}, r"Received: image_size=32.0"),
