@@ -267,6 +267,16 @@ def generate(num_examples, image_size=32, seed=0):
     return out
 
 
+def _split_size(split, num_examples):
+    """`num_examples`, or the whole split's size; a clear error for an unknown split."""
+    if split not in SPLIT_SIZES:
+        raise ValueError(
+            f"Unknown split for kzoo_shapes; expected one of {sorted(SPLIT_SIZES)}. "
+            f"Received: split={split!r}"
+        )
+    return SPLIT_SIZES[split] if num_examples is None else num_examples
+
+
 def generate_split(split, num_examples=None, image_size=32):
     """Renders a named split (its own seed) of `kzoo_shapes`.
 
@@ -284,13 +294,7 @@ def generate_split(split, num_examples=None, image_size=32):
     >>> generate_split("test", num_examples=4)["image"].shape
     (4, 32, 32, 3)
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(
-            f"Unknown split for kzoo_shapes; expected one of {sorted(SPLIT_SIZES)}. "
-            f"Received: split={split!r}"
-        )
-    if num_examples is None:
-        num_examples = SPLIT_SIZES[split]
+    num_examples = _split_size(split, num_examples)
     return generate(num_examples, image_size=image_size, seed=SPLIT_SEEDS[split])
 
 
@@ -310,13 +314,7 @@ def novel_combinations(split, num_examples=None):
     >>> 0.3 < novel.mean() < 0.5
     True
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(
-            f"Unknown split for kzoo_shapes; expected one of {sorted(SPLIT_SIZES)}. "
-            f"Received: split={split!r}"
-        )
-    if num_examples is None:
-        num_examples = SPLIT_SIZES[split]
+    num_examples = _split_size(split, num_examples)
     check_int("num_examples", num_examples, 0)
     train = _draw_labels(SPLIT_SIZES["train"], SPLIT_SEEDS["train"])
     seen = set(zip(*(train[k].tolist() for k in LABEL_NAMES), strict=True))
