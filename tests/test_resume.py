@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import pytest
-from integration._tiny import overrides
+from integration._tiny import TINY_CLIP, TINY_DIT, overrides
 
 from kzoo.cli import main
 from kzoo.training import checkpoint as ckpt
@@ -22,26 +22,9 @@ from kzoo.training.checkpoint import load_checkpoint, load_trained_model, seed_g
 
 pytestmark = pytest.mark.slow
 
-TINY_DIT = overrides(
-    "model.denoiser.input_shape=(16,16,3)",
-    "model.denoiser.hidden_size=16",
-    "model.denoiser.depth=1",
-    "model.denoiser.num_heads=2",
-    "batch_size=8",
-    "steps_per_epoch=1",  # a checkpoint per step: the EMA oracle needs every raw step
-)
-TINY_CLIP = overrides(
-    "model.image_encoder.image_shape=(16,16,3)",
-    "model.image_encoder.channels=(8,8)",
-    "model.image_encoder.norm_groups=4",
-    "model.image_encoder.hidden_dim=16",
-    "model.text_encoder.hidden_dim=16",
-    "model.text_encoder.num_layers=1",
-    "model.text_encoder.num_heads=2",
-    "model.embedding_dim=8",
-    "batch_size=8",
-    "steps_per_epoch=2",
-)
+# A checkpoint per step: the EMA oracle needs every raw step (the later --set wins).
+TINY_DIT_PER_STEP = [*TINY_DIT, *overrides("steps_per_epoch=1")]
+
 EMA_MOMENTUM = 0.99  # Keras' default `ema_momentum`; the recipes keep it
 
 
@@ -83,7 +66,7 @@ def test_diffusion_with_ema_stopped_and_continued_equals_an_uninterrupted_run(
         save(self, epoch, logs)
 
     monkeypatch.setattr(ckpt.CheckpointCallback, "on_epoch_end", recording)
-    straight, resumed = _stop_and_continue("dit_shapes", TINY_DIT, tmp_path, capsys)
+    straight, resumed = _stop_and_continue("dit_shapes", TINY_DIT_PER_STEP, tmp_path, capsys)
 
     # Resume: raw weights, optimizer (moments and averages) and seed states all match.
     (straight_raw, _), (resumed_raw, _) = load_checkpoint(straight), load_checkpoint(resumed)

@@ -15,3 +15,25 @@ TINY_VQVAE = overrides(
     "batch_size=8",
     "steps_per_epoch=2",
 )
+
+TINY_DIT = overrides(
+    "model.denoiser.input_shape=(16,16,3)",
+    "model.denoiser.hidden_size=16",
+    "model.denoiser.depth=1",
+    "model.denoiser.num_heads=2",
+    "batch_size=8",
+    "steps_per_epoch=2",
+)
+
+TINY_CLIP = overrides(
+    "model.image_encoder.image_shape=(16,16,3)",
+    "model.image_encoder.channels=(8,8)",
+    "model.image_encoder.norm_groups=4",
+    "model.image_encoder.hidden_dim=16",
+    "model.text_encoder.hidden_dim=16",
+    "model.text_encoder.num_layers=1",
+    "model.text_encoder.num_heads=2",
+    "model.embedding_dim=8",
+    "batch_size=8",
+    "steps_per_epoch=2",
+)

@@ -7,7 +7,7 @@ import pytest
 
 from kzoo.cli import main
 
-from ._tiny import overrides
+from ._tiny import TINY_CLIP, overrides
 
 pytestmark = pytest.mark.slow
 
@@ -18,18 +18,6 @@ TINY_CAPTIONER = overrides(
     "model.hidden_dim=16",
     "model.num_layers=1",
     "model.num_heads=2",
-    "batch_size=8",
-    "steps_per_epoch=2",
-)
-TINY_CLIP = overrides(
-    "model.image_encoder.image_shape=(16,16,3)",
-    "model.image_encoder.channels=(8,8)",
-    "model.image_encoder.norm_groups=4",
-    "model.image_encoder.hidden_dim=16",
-    "model.text_encoder.hidden_dim=16",
-    "model.text_encoder.num_layers=1",
-    "model.text_encoder.num_heads=2",
-    "model.embedding_dim=8",
     "batch_size=8",
     "steps_per_epoch=2",
 )

@@ -8,18 +8,9 @@ from PIL import Image
 
 from kzoo.cli import main
 
-from ._tiny import TINY_VQVAE, overrides
+from ._tiny import TINY_DIT, TINY_VQVAE
 
 pytestmark = pytest.mark.slow
-
-TINY_DIT = overrides(
-    "model.denoiser.input_shape=(16,16,3)",
-    "model.denoiser.hidden_size=16",
-    "model.denoiser.depth=1",
-    "model.denoiser.num_heads=2",
-    "batch_size=8",
-    "steps_per_epoch=2",
-)
 
 
 @pytest.fixture(scope="module")
