@@ -1,61 +1,20 @@
-"""Text-to-image U-Net on kzoo_shapes (32x32) conditioned on a frozen CLIP text tower, ~22 min.
+"""Text-to-image U-Net on kzoo_shapes (32x32) conditioned on a frozen CLIP text tower.
 
-The denoiser is `ddpm_unet_shapes`' U-Net (channels 32/64/64, attention at 8x8
-and in the middle, time embedding 128) built with `context_dim=64` instead of
-class labels. The text encoder is the text tower of a trained `clip_shapes`
-DualEncoder, frozen (as Stable Diffusion conditions on CLIP's, Rombach et al.
-2022): the trainer loads it from `text_encoder_workdir`. A cross-attention layer
-after every self-attention attends to its token states, and its pooled vector is
-added to the timestep embedding. Captions are replaced by the empty caption 10%
-of the time (the null condition of classifier-free guidance). Cosine schedule,
-v-prediction and min-SNR-5 loss weights, 4,000 steps of 32, Adam 1e-3 with an
-EMA of the weights swapped in at the end.
+`ddpm_unet_shapes`' U-Net with `context_dim=64` (cross-attention after every
+self-attention, the pooled text vector added to the timestep embedding); the text
+encoder is the frozen text tower of a trained `clip_shapes` DualEncoder, loaded from
+`text_encoder_workdir`. Captions are dropped to the empty caption 10% of the time
+for classifier-free guidance.
 
 Run:
-    kzoo train clip_shapes --workdir runs/clip_shapes              # the text tower, ~20 min
+    kzoo train clip_shapes --workdir runs/clip_shapes              # the text tower
     kzoo train text2image_shapes --workdir runs/text2image_shapes --set precision=mixed_bfloat16
     python -m recipes.text2image_shapes runs/text2image_shapes   # faithfulness (JSON)
     kzoo export runs/text2image_shapes --format saved_model     # `generate_from_text`
 
-Faithfulness: `evaluate` generates one image per test-split caption
-(`generate_from_text`, DDIM, guidance 3), labels every image with the
-`ShapesClassifier` of `kzoo.metrics.features` (trained on kzoo_shapes labels;
-cached) and reports, per attribute, how often the label agrees with the caption,
-next to chance (1 / number of values) and to the classifier's own accuracy on
-real test images (the ceiling of the measurement).
-
-Result (seed 0, 200 test captions, DDIM 20 steps, guidance 3; agreement of the
-classifier's label with the caption; `python -m recipes.text2image_shapes WORKDIR`;
-2026-12-06, `--set precision=mixed_bfloat16`; 0.31 s/step alone):
-
-| run                                                | backgr. | colour | size | shape | position |
-|----------------------------------------------------|---------|--------|------|-------|----------|
-| this recipe (frozen text tower of clip_shapes)     | 1.00 | 0.995 | 0.90 | 0.47 | 0.995 |
-| frozen text tower of the previous clip_shapes (ViT 32 px) | 1.00 | 0.995 | 0.92 | 0.585 | 0.97 |
-| text tower trained jointly (1 block, width 32)     | 1.00 | 0.965 | 0.795 | 0.40 | 0.10 |
-| joint, + x/y coordinate channels at the U-Net input | 1.00 | 0.975 | 0.74 | 0.225 | 0.125 |
-| joint, + coordinates, `snr_gamma=None`             | 1.00 | 0.98 | 0.785 | 0.22 | 0.14 |
-| joint, 4 heads (`model.denoiser.num_heads=4`)      | 1.00 | 0.965 | 0.75 | 0.27 | 0.145 |
-| earlier recipe: DiT (width 128, depth 4), 600 steps | 1.00 | 0.11 | 0.42 | 0.17 | 0.09 |
-| chance (1 / values)                                | 0.25 | 0.125 | 0.33 | 0.17 | 0.11 |
-| real test images                                   | 1.00 | 1.00 | 0.925 | 0.93 | 1.00 |
-
-Why the frozen CLIP tower: trained jointly with the denoiser, the text tower
-learnt to ignore the position words (its token states for "top left" and
-"bottom right" captions differed by 0.3-0.7 per token at initialisation and by
-0.01-0.08 after training; the denoiser's output at t = 900 changed by 0.002,
-mean |delta v|, against 0.055 for a colour word; scratch probes, not kept), and
-coordinate channels, plain v-loss weights or four heads did not change it. A
-contrastive tower has to tell every caption of a batch apart, position included,
-so its token states keep every word, and frozen it cannot unlearn them: position
-went from chance to 0.97. The real-image ceiling of shape is 0.93 at 32 px
-(`kzoo.metrics.features`: 4.2% of 32 px images render identically as another
-shape). Training is deterministic for a seed (two runs gave bit-identical weights).
-
-The sampler is not what limits shape (the recipe's model, `evaluate(model,
-num_steps=N, guidance_scale=W)`): DDIM 50 steps at guidance 3 gives shape 0.48;
-at 20 steps, guidance 1.5 / 5 / 8 gives shape 0.43 / 0.53 / 0.55, with size 0.855 /
-0.88 / 0.805 and background 1.0 / 0.99 / 0.935 (position 0.97-0.99, colour >= 0.99).
+Expected (200 test captions, DDIM 20 steps, guidance 3; the ShapesClassifier's label
+agrees with the caption): background 1.00, colour 0.995, size 0.90, shape 0.47,
+position 0.995. Model card, what was tried and limits: docs/text2image_shapes.md.
 """
 
 import json
