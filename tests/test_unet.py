@@ -39,6 +39,20 @@ def test_class_conditioning_adds_a_table_with_the_null_row():
     assert conditional.get_layer("class_embedding").input_dim == 4
 
 
+def test_label_embedding_starts_as_strong_as_the_time_embedding():
+    # diffusers' and ADM's U-Nets draw class rows from torch's nn.Embedding, N(0, 1).
+    # Keras' default (uniform +-0.05) started the label ~8x weaker than the time
+    # embedding, and the ddpm_unet_shapes recipe then never used it.
+    keras.utils.set_random_seed(0)
+    model = UNet(**TINY, num_classes=3)
+    rows = keras.ops.convert_to_numpy(model.get_layer("class_embedding").embeddings)
+    assert 0.8 < rows.std() < 1.2
+    time_embedding = keras.Model(model.inputs, model.get_layer("time_embedding_2").output)
+    x, t, y = batch()
+    times = keras.ops.convert_to_numpy(time_embedding([x, t, y]))
+    assert rows.std() > 2 * times.std()
+
+
 def test_output_shape_dtype_and_labels_change_the_output():
     model = UNet(**TINY, num_classes=3)
     x, t, y = batch()

@@ -149,8 +149,15 @@ class UNet(keras.Model):
         class_embedding = None
         if num_classes is not None:
             # One extra row: id `num_classes` is the null class of classifier-free guidance.
+            # Rows start at unit scale, as torch's nn.Embedding in diffusers' and ADM's
+            # U-Nets: Keras' default uniform(+-0.05) starts the label 8x weaker than
+            # the time embedding (rms 0.03 vs 0.24), and the label was then left unused
+            # (docs/ddpm_unet_shapes.md, diagnosis).
             class_embedding = keras.layers.Embedding(
-                num_classes + 1, time_embedding_dim, name="class_embedding"
+                num_classes + 1,
+                time_embedding_dim,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="class_embedding",
             )
 
         # === Functional Model ===
