@@ -3,6 +3,7 @@
 Run (after `vqgan_shapes`, whose workdir `vq_workdir` names):
     kzoo train vqgan_shapes --workdir runs/vqgan_shapes
     kzoo train code_prior_shapes --workdir runs/code_prior_shapes
+    kzoo sample runs/code_prior_shapes --out samples.png --num 12
 
 The training data is `build_code_dataset(config, prior)`: the kzoo_shapes
 training images encoded by the tokenizer of `vq_workdir`, as `(tokens, targets)`
@@ -10,38 +11,9 @@ batches (start token per shape class, then the raster-order codes). Sampling:
 `kzoo.models.Generator(prior, tokenizer, top_k=...)` exports one `generate`
 endpoint (labels, seed -> images).
 
-Result (over the 1,500-step `vqgan_shapes` tokenizer of 2026-12-05, EMA weights,
-23.28 dB; its codes keep colour but no shape):
-    kzoo train code_prior_shapes --workdir runs/code_prior_shapes \\
-        --set vq_workdir=runs/vqgan_shapes --steps 2800          # 8 min 17 s
-    kzoo sample runs/code_prior_shapes --out samples.png --num 12
-2,800 of the 5,000 steps (stopped for time) at batch 32, 8 min 17 s wall on 2
-CPU cores: next-code accuracy 0.722 and loss 0.880 on the last 100 training
-batches. Samples (temperature 1.0, no top-k) show the four backgrounds and a
-coloured blob at a plausible position, like the tokenizer's reconstructions; no
-shape is recognisable and the rows (one per class) look alike. The kzoo_shapes
-classifier finds the requested shape in 18.8% of 600 samples (100 per class;
-chance 16.7%; an earlier prior over a 1,000-step generator-only tokenizer: 16.5%).
-The tokenizer is the bottleneck: the classifier scores 17.3% on its
-reconstructions of test images (94.0% on the real images). The 6x8 grid and the
-score:
-
-    import numpy as np
-    from kzoo.data.images import make_grid, save_png
-    from kzoo.metrics.features import load_or_train_shapes_classifier
-    from kzoo.models import Generator
-    from kzoo.training import load_trained_model
-
-    generator = Generator(load_trained_model("runs/code_prior_shapes"),
-                          load_trained_model("runs/vqgan_shapes"), temperature=1.0, top_k=None)
-    grid = np.asarray(generator.generate(labels=np.repeat(np.arange(6), 8), seed=0))
-    rows = list(grid.reshape(6, 8, 32, 32, 3))  # one row per shape class
-    save_png("code_prior_shapes_samples.png", make_grid(rows, scale=2))
-    labels = np.repeat(np.arange(6), 100)
-    images = np.concatenate([np.asarray(generator.generate(labels=labels[i : i + 120], seed=1 + i))
-                             for i in range(0, 600, 120)])
-    classifier = load_or_train_shapes_classifier(image_size=32)
-    print(classifier.attribute_accuracy(images, {"shape": labels}))  # {'shape': 0.188}
+Expected (2,800 steps over the 2026-12-05 tokenizer): the requested shape in 18.8%
+of 600 samples (chance 16.7%): the tokenizer's codes keep colour but not shape.
+Model card, the scoring snippet and limits: docs/code_prior_shapes.md.
 """
 
 import os
