@@ -145,7 +145,7 @@ def main(argv=None):
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=None)
     parser.add_argument(
-        "--workdir", default=None, help="save config.json, the final checkpoint and samples here"
+        "--workdir", default=None, help="save config.json, the checkpoint and samples of every evaluated point here"
     )
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
@@ -153,7 +153,7 @@ def main(argv=None):
     import keras
 
     import recipes
-    from kzoo.training import trainer
+    from kzoo.training import checkpoint, trainer
 
     config = recipes.get_recipe(args.recipe, args.overrides)
     config["steps"] = args.steps
@@ -204,9 +204,15 @@ def main(argv=None):
                 f"step {step}: shape {metrics['shape_accuracy']:.3f} KID {metrics['kid_mean']:.3f} "
                 f"loss {row['loss']:.4f} train {state['train_s']:.0f}s"
             )
-            if args.workdir and step >= args.steps:
+            if args.workdir:
+                # Every evaluated point is also a workdir like `kzoo train`'s (for `kzoo
+                # sample` and benchmarks.quality_diffusion), so a run stopped early keeps it.
                 os.makedirs(args.workdir, exist_ok=True)
                 np.save(os.path.join(args.workdir, "samples.npy"), images)
+                checkpoint.write_json_atomic(
+                    os.path.join(args.workdir, checkpoint.CONFIG_FILE), config
+                )
+                checkpoint.save_checkpoint(model, args.workdir, epoch + 1, step)
             state["t0"] = time.perf_counter()
 
     model.fit(
@@ -216,13 +222,6 @@ def main(argv=None):
         callbacks=[Evaluate()],
         verbose=0,
     )
-    if args.workdir:
-        # A workdir like `kzoo train`'s, for `kzoo sample` and benchmarks.quality_diffusion.
-        from kzoo.training import checkpoint
-
-        checkpoint.write_json_atomic(os.path.join(args.workdir, checkpoint.CONFIG_FILE), config)
-        epochs = args.steps // args.eval_every
-        checkpoint.save_checkpoint(model, args.workdir, epochs, epochs * args.eval_every)
 
 
 if __name__ == "__main__":
