@@ -226,3 +226,29 @@ def test_model_parity_batch_is_the_default(tmp_path):
     inputs = result["litert"].parity["batch"]["inputs"]["count"]["steps"]
     assert inputs == {"shape": [2], "dtype": "int32", "source": "given"}
     assert result["litert"].parity["ok"]
+
+
+# DDIM's loop is exported by `exported` above; the other deterministic samplers here.
+@pytest.mark.slow  # a SavedModel write and a LiteRT conversion per sampler
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler", "heun"])
+def test_generate_loop_of_each_deterministic_sampler_runs_in_litert(sampler, exported, tmp_path):
+    keras.utils.set_random_seed(0)  # the weights of `exported`'s DDIM model
+    model = make_model(export_sampler=sampler)
+    # Builtin ops only: a Flex op would raise LiteRTConversionError here.
+    path = export_litert(model, tmp_path / f"{sampler}.tflite", signature_keys=["generate"])
+    images = run_litert(path, "generate", model.export_parity_batch()["generate"])["images"]
+    expected = model.generate(
+        labels=[0, 2], num_steps=4, sampler=sampler, guidance_scale=3.0, seed=0
+    )
+    # Both sides compute in float32; LiteRT's kernels sum the convolutions in
+    # another order (~1e-7 relative per op) over 4 steps (Heun: 7 denoiser calls,
+    # each twice for guidance), on images in [-1, 1]. Measured: at most 7e-7. The
+    # limit is the export parity report's float32 limit.
+    np.testing.assert_allclose(images, expected, atol=1e-4)
+    # The file runs this sampler's loop: DPM-Solver++ and Heun land well away from
+    # DDIM's images. Euler's step on the discrete sigmas is DDIM's exactly
+    # (tests/test_samplers.py), so its images are DDIM's up to rounding.
+    ddim_model, _ = exported
+    ddim = ddim_model.generate(labels=[0, 2], num_steps=4, guidance_scale=3.0, seed=0)
+    difference = np.abs(expected - ddim).max()
+    assert difference < 1e-5 if sampler == "euler" else difference > 1e-2

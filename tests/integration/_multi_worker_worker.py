@@ -10,9 +10,10 @@ from this file to compute the single-process reference in their own process.
         python tests/integration/_multi_worker_worker.py multi_worker out.npz --models tiny
 
 `out.npz` holds `<model>_w<i>` for every model variable (`<model>_init_w<i>`
-before `fit`), `<model>_log_<name>` for
-the last epoch's logs, `tiny_eval_loss`, `num_replicas` and, under
-`multi_worker`, `steps_per_execution_error` (the message of the expected error).
+before `fit`), `<model>_log_<name>` for the last epoch's logs, for the VQ-VAEs
+`<model>_<name>` and `<model>_init_<name>` for each codebook variable in
+`CODEBOOK_VARIABLES` the quantizer has, `tiny_eval_loss`, `num_replicas` and,
+under `multi_worker`, `steps_per_execution_error` (the message of the expected error).
 """
 
 import argparse
@@ -24,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GLOBAL_BATCH = 8
 NUM_EXAMPLES = 32  # 4 steps of the global batch
 MODELS = ("tiny", "vqvae", "vqvae_ema")
+CODEBOOK_VARIABLES = ("codebook", "ema_cluster_size", "ema_embed_sum")
 
 
 def tiny_model_class():
@@ -104,10 +106,19 @@ def fit_model(model_name, strategy, epochs=1):
     distribute.enable_multi_worker_fit(model)
     arrays = {}
 
+    def codebook_arrays(prefix):
+        quantizer = getattr(model, "quantizer", None)
+        return {
+            f"{prefix}{name}": np.asarray(getattr(quantizer, name))
+            for name in CODEBOOK_VARIABLES
+            if hasattr(quantizer, name)
+        }
+
     def record_initial_weights(logs=None):
         # The tiny subclass is built by `fit` itself (from the local replica's batch).
         for i, w in enumerate(model.get_weights()):
             arrays[f"{model_name}_init_w{i}"] = np.asarray(w)
+        arrays.update(codebook_arrays(f"{model_name}_init_"))
 
     dataset = tf.data.Dataset.from_tensor_slices(make_data(model_name)).batch(GLOBAL_BATCH)
     history = model.fit(
@@ -118,6 +129,7 @@ def fit_model(model_name, strategy, epochs=1):
         callbacks=[keras.callbacks.LambdaCallback(on_train_begin=record_initial_weights)],
     )
     arrays.update({f"{model_name}_w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+    arrays.update(codebook_arrays(f"{model_name}_"))
     arrays.update({f"{model_name}_log_{k}": np.float64(v[-1]) for k, v in history.history.items()})
     if model_name == "tiny":
         logs = model.evaluate(dataset, verbose=0, return_dict=True)
