@@ -34,6 +34,15 @@ def test_warmup_then_constant():
     np.testing.assert_allclose(_lr(schedule, 900), 1e-3, rtol=1e-5)
 
 
+def test_a_run_shorter_than_its_warmup_stops_on_the_way_up():
+    # `kzoo train ddpm_unet_shapes --steps 100` with the recipe's 200 warmup steps.
+    config = _config(lr_schedule="cosine", warmup_steps=200, steps=100)
+    trainer.validate_config(config | {"batch_size": 8, "steps_per_epoch": 10})
+    schedule = trainer.learning_rate(config)
+    np.testing.assert_allclose(_lr(schedule, 50), 0.25e-3, rtol=1e-5)
+    np.testing.assert_allclose(_lr(schedule, 100), 0.5e-3, rtol=1e-5)
+
+
 def test_optimizer_gets_the_schedule_and_ema_momentum():
     optimizer = trainer.build_optimizer(
         _config(
@@ -48,8 +57,8 @@ def test_optimizer_gets_the_schedule_and_ema_momentum():
     "overrides,match",
     [
         ({"lr_schedule": "step"}, "Received: lr_schedule='step'"),
-        ({"warmup_steps": 1000}, r"in \[0, steps=1000\). Received: warmup_steps=1000"),
-        ({"warmup_steps": -1}, "Received: warmup_steps=-1"),
+        ({"warmup_steps": -1}, r">= 0. Received: warmup_steps=-1"),
+        ({"warmup_steps": 2.5}, "Received: warmup_steps=2.5"),
         ({"ema_momentum": 1.0}, "Received: ema_momentum=1.0"),
     ],
 )
