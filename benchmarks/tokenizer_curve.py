@@ -16,6 +16,7 @@ Usage:
         [--set key=value ...] [--no-quantizer] [--examples 600] [--tag T] [--out FILE.jsonl] \
         [--workdir DIR]
     python -m benchmarks.tokenizer_curve RECIPE --score-workdir DIR --tag T --out FILE.jsonl
+    python -m benchmarks.tokenizer_curve RECIPE --probe-classifier --out FILE.jsonl
 
 Nothing here reads the test split: recipe choices are made on these figures and the
 test split is scored once, at the end, by `kzoo evaluate`.
@@ -80,6 +81,47 @@ def score(model, images, labels, classifier, sizes=None, quantized=True, batch_s
     return row
 
 
+def probe_classifier(images, labels, classifier):
+    """What the classifier reads on degraded real images: how sharp a reconstruction must be.
+
+    Rows for the images resized (area) to 16x16 and 8x8 and back (bilinear), and
+    blurred with a Gaussian of sigma 0.5 and 1 px.
+    """
+    import tensorflow as tf
+
+    size = images.shape[1]
+    n = len(images)
+
+    def blur(sigma):
+        radius = 2
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps = (taps / taps.sum()).astype("float32")
+        kernel = np.outer(taps, taps)[:, :, None, None] * np.eye(3, dtype="float32")[None, None]
+        padded = np.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), "edge")
+        return tf.nn.conv2d(padded, kernel, 1, "VALID").numpy()
+
+    def resized(grid):
+        small = tf.image.resize(images, (grid, grid), method="area")
+        return tf.image.resize(small, (size, size), method="bilinear").numpy()
+
+    degraded = {
+        "resize_16": resized(16),
+        "resize_8": resized(8),
+        "blur_0.5": blur(0.5),
+        "blur_1.0": blur(1.0),
+    }
+    rows = []
+    for name, batch in degraded.items():
+        predicted = classifier.predict_attributes(np.clip(batch, -1.0, 1.0))
+        row = {"degradation": name, "examples": n}
+        for attribute in ("shape", "color"):
+            kept = float(np.mean(predicted[attribute] == labels[attribute]))
+            row[f"{attribute}_kept"] = round(kept, 4)
+            row[f"{attribute}_kept_se"] = round(_binomial_se(kept, n), 4)
+        rows.append(row)
+    return rows
+
+
 def _remove_quantizer(model):
     """Make the quantizer the identity: the continuous latents reach the decoder."""
     model.quantizer.call = lambda inputs, training=None: inputs
@@ -95,6 +137,11 @@ def main(argv=None):
     parser.add_argument("--no-quantizer", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--probe-classifier",
+        action="store_true",
+        help="train nothing: the classifier on resized and blurred real images",
+    )
     parser.add_argument(
         "--score-workdir",
         default=None,
@@ -114,6 +161,17 @@ def main(argv=None):
     from kzoo.metrics import load_or_train_shapes_classifier
     from kzoo.training import trainer
 
+    if args.probe_classifier:
+        size = 32
+        images, labels = kzoo.data.load_arrays(
+            "kzoo_shapes", split="validation", num_examples=args.examples, image_size=size
+        )
+        classifier = load_or_train_shapes_classifier(image_size=size)
+        out = open(args.out, "a") if args.out else sys.stdout
+        for row in probe_classifier(images, labels, classifier):
+            row = {"benchmark": BENCHMARK, "tag": args.tag, "split": "validation", **row}
+            print(json.dumps(row), file=out, flush=True)
+        return
     if args.score_workdir:
         from kzoo.training import checkpoint
 
