@@ -1,7 +1,7 @@
 """plot_curve: a learning-curve PNG from `benchmarks.learning_curve` rows (Pillow only).
 
 Usage:
-    python -m benchmarks.plot_curve FILE.jsonl --out docs/images/curve.png \
+    python -m benchmarks.plot_curve FILE.jsonl [FILE.jsonl ...] --out docs/images/curve.png \
         [--metric shape_accuracy] [--tags tag1,tag2] [--chance 0.1667]
 
 One line per tag (the `tag` field of the rows), the metric against training
@@ -18,18 +18,19 @@ WIDTH, HEIGHT = 640, 400
 LEFT, RIGHT, TOP, BOTTOM = 70, 20, 40, 60
 
 
-def load_rows(path, tags=None):
-    """The rows of `path` grouped by tag, each sorted by step."""
+def load_rows(paths, tags=None):
+    """The rows of the files `paths` (one path or a list) grouped by tag, each sorted by step."""
     curves = {}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            tag = row.get("tag", "")
-            if tags and tag not in tags:
-                continue
-            curves.setdefault(tag, []).append(row)
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                tag = row.get("tag", "")
+                if tags and tag not in tags:
+                    continue
+                curves.setdefault(tag, []).append(row)
     return {tag: sorted(rows, key=lambda r: r["step"]) for tag, rows in curves.items()}
 
 
@@ -80,7 +81,7 @@ def plot(curves, metric, out, title=None, chance=None, y_range=(0.0, 1.0)):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("file")
+    parser.add_argument("files", nargs="+")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metric", default="shape_accuracy")
     parser.add_argument("--tags", default=None, help="comma-separated tags to plot")
@@ -88,9 +89,9 @@ def main(argv=None):
     parser.add_argument("--chance", type=float, default=None)
     args = parser.parse_args(argv)
     tags = [t for t in args.tags.split(",") if t] if args.tags else None
-    curves = load_rows(args.file, tags)
+    curves = load_rows(args.files, tags)
     if not curves:
-        raise SystemExit(f"No rows to plot. Received: file={args.file!r}, tags={args.tags!r}")
+        raise SystemExit(f"No rows to plot. Received: files={args.files!r}, tags={args.tags!r}")
     plot(curves, args.metric, args.out, title=args.title, chance=args.chance)
 
 

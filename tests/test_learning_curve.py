@@ -45,11 +45,13 @@ def test_plot_curve_draws_one_line_per_tag(tmp_path):
         {"tag": "a", "step": 500, "shape_accuracy": 0.2, "shape_accuracy_se": 0.02},
         {"tag": "b", "step": 500, "shape_accuracy": 0.3},
     ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:2]))
+    other = tmp_path / "other.jsonl"  # curves from two results files in one plot
+    other.write_text(json.dumps(rows[2]) + "\n")
     curves = plot_curve.load_rows(str(path))
     assert [r["step"] for r in curves["a"]] == [500, 1000]
     out = tmp_path / "curve.png"
-    plot_curve.main([str(path), "--out", str(out), "--chance", "0.1667"])
+    plot_curve.main([str(path), str(other), "--out", str(out), "--chance", "0.1667"])
     image = np.asarray(Image.open(out).convert("RGB"))
     assert image.shape == (plot_curve.HEIGHT, plot_curve.WIDTH, 3)
     for colour in plot_curve.COLOURS[:2]:  # both tags drawn
