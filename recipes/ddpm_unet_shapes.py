@@ -1,15 +1,16 @@
 """Class-conditional U-Net diffusion on kzoo_shapes (32x32, 6 shape classes).
 
-v-prediction on a cosine schedule with min-SNR-5 weights, channels 32/64/64,
-label dropout 0.1 for classifier-free guidance, EMA weights served.
+v-prediction on a cosine schedule with min-SNR-5 weights, channels 32/64/64, the
+label and time embedding as AdaGN scale and shift in every block, label dropout 0.1
+for classifier-free guidance, warmup + cosine learning rate, EMA weights served.
 
 Run:
-    kzoo train ddpm_unet_shapes --workdir runs/ddpm_unet_shapes
+    kzoo train ddpm_unet_shapes --workdir runs/ddpm_unet_shapes     # ~43 min, 2 idle AVX2 cores
     kzoo sample runs/ddpm_unet_shapes --sampler dpm_solver --steps 20 --guidance-scale 3 \
         --out grid.png
 
-Expected (test split, 256 samples, DPM-Solver++ 20 steps, guidance 3): KID 0.58 in
-ShapesClassifier features, the requested shape in 30% of samples (chance 17%).
+Expected (validation, 150 samples, DPM-Solver++ 20 steps, guidance 3): the requested
+shape in 33% of samples at 1,125 of the 3,000 steps (chance 17%), rising.
 Model card, diagnosis and learning curve: docs/ddpm_unet_shapes.md.
 """
 
@@ -30,7 +31,7 @@ def get_config():
                 "dropout": 0.0,
                 "num_heads": 1,
                 "mid_attention": True,
-                "scale_shift_norm": False,
+                "scale_shift_norm": True,
             },
             "schedule": "cosine",
             "prediction_type": "v",
@@ -44,14 +45,14 @@ def get_config():
         "dataset": "kzoo_shapes",
         "outputs": ("image", "label"),
         "batch_size": 32,
-        "steps": 4000,
+        "steps": 3000,
         "steps_per_epoch": 200,
         "learning_rate": 1e-3,
-        "lr_schedule": "constant",
-        "warmup_steps": 0,
+        "lr_schedule": "cosine",
+        "warmup_steps": 200,
         "weight_decay": 0.0,
         "ema": True,
-        "ema_momentum": 0.99,
+        "ema_momentum": 0.995,
         "grad_accum_steps": 1,
         "precision": "float32",
         "jit_compile": False,
