@@ -58,3 +58,12 @@ def test_plot_curve_draws_one_line_per_tag(tmp_path):
         assert np.all(image == colour, axis=-1).sum() > 20
     with pytest.raises(SystemExit, match="No rows to plot"):
         plot_curve.main([str(path), "--out", str(out), "--tags", "missing"])
+
+
+def test_guidance_sweep_scales_parse_and_bad_ones_are_named():
+    from benchmarks import guidance_sweep
+
+    assert guidance_sweep._scales("1,2.5, 8") == [1.0, 2.5, 8.0]
+    for bad in ("", "1,x", "-1"):
+        with pytest.raises(Exception, match=f"Received: {bad!r}"):
+            guidance_sweep._scales(bad)
