@@ -212,8 +212,14 @@ CLI_ARGS = [
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
-    """Workdirs of `kzoo train` on two workers (`multi_worker/0`, `/1`), of one process
-    under `strategy=mirrored` (one replica: one CPU device here) and under the default."""
+    """Workdirs of `kzoo train` on two workers (`multi_worker/0`, `/1`) and of one
+    process under `strategy=mirrored` (one replica: one CPU device here).
+
+    Not the default strategy: under any tf.distribute strategy, Keras' `fit` opens
+    an iterator of the dataset for its symbolic build before the training one, so
+    the seeded reshuffle (`reshuffle_each_iteration`) hands training the next
+    permutation, other batches than a default-strategy run trains on.
+    """
     root = tmp_path_factory.mktemp("cli")
     addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     workdirs = [root / "multi_worker" / str(i) for i in range(2)]
@@ -235,14 +241,11 @@ def cli_runs(tmp_path_factory):
     ]
     from kzoo.cli import main
 
-    references = {}
-    for strategy in ("mirrored", "default"):
-        references[strategy] = root / strategy
-        argv = [*CLI_ARGS, "--workdir", str(references[strategy]), "--set", f"strategy={strategy}"]
-        assert main(argv) == 0
+    one_process = root / "mirrored"
+    assert main([*CLI_ARGS, "--workdir", str(one_process), "--set", "strategy=mirrored"]) == 0
     for i, (returncode, stderr) in enumerate(_wait(processes, WORKER_TIMEOUT_S)):
         assert returncode == 0, f"kzoo train worker {i} failed:\n{stderr[-4000:]}"
-    return workdirs, references
+    return workdirs, one_process
 
 
 def _assert_same_run(workdir, reference):
@@ -264,23 +267,11 @@ def _assert_same_run(workdir, reference):
 
 
 def test_cli_multi_worker_trains_as_one_process_under_a_strategy(cli_runs):
-    (chief, other), references = cli_runs
+    (chief, other), one_process = cli_runs
     with open(chief / "config.json") as f:
         assert json.load(f)["strategy"] == "multi_worker"
     with open(chief / "state.json") as f:
         assert json.load(f)["step"] == 2
     # Only the chief writes: every worker holds the same weights.
     assert os.listdir(other) == []
-    _assert_same_run(chief, references["mirrored"])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Under any tf.distribute strategy, Keras' fit opens an iterator of the dataset "
-    "for its symbolic build before the training iterator, and the seeded reshuffle "
-    "(reshuffle_each_iteration) gives the second iterator the next permutation: the "
-    "run trains on other batches than the default strategy's.",
-)
-def test_cli_multi_worker_trains_on_the_default_strategys_batches(cli_runs):
-    (chief, _), references = cli_runs
-    _assert_same_run(chief, references["default"])
+    _assert_same_run(chief, one_process)
