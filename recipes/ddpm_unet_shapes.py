@@ -10,7 +10,7 @@ Run:
         --out grid.png
 
 Expected (validation, 150 samples, DPM-Solver++ 20 steps, guidance 3): the requested
-shape in 38% of samples at 1,500 of the 3,000 steps (chance 17%), rising.
+shape in 39% of samples at 1,875 of the 3,000 steps (chance 17%).
 Model card, diagnosis and learning curve: docs/ddpm_unet_shapes.md.
 """
 
