@@ -1,4 +1,4 @@
-"""guidance_sweep: a trained class-conditional diffusion workdir scored on validation per guidance scale.
+"""guidance_sweep: a class-conditional diffusion workdir scored on validation per guidance scale.
 
 For each `--scales` value, `--samples` samples conditioned on the shapes of
 `validation[:N]` (fixed noise, DPM-Solver++ 2M with `--nfe` steps) are scored as

@@ -145,7 +145,9 @@ def main(argv=None):
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=None)
     parser.add_argument(
-        "--workdir", default=None, help="save config.json, the checkpoint and samples of every evaluated point here"
+        "--workdir",
+        default=None,
+        help="save config.json, the checkpoint and samples of every evaluated point here",
     )
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
