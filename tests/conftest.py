@@ -24,3 +24,15 @@ def _float32_policy():
     keras.utils.set_random_seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Collect test_docs.py first.
+
+    `make test` hands whole files to two workers (`--dist loadfile`) in collection
+    order. test_docs.py runs every document in one shared scratch copy, so it is one
+    serial unit of about a third of the suite's CPU time: started last, it ran alone
+    on one core for its whole length; started first, the other worker takes every
+    other file meanwhile.
+    """
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_docs.py")

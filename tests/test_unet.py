@@ -116,11 +116,6 @@ def test_fit_one_step_on_eps_mse_updates_weights():
     _fit_one_step(run_eagerly=True)
 
 
-@pytest.mark.slow
-def test_fit_one_step_in_graph_mode():
-    _fit_one_step(run_eagerly=False)
-
-
 def test_config_roundtrip_and_keras_save_load(tmp_path):
     model = UNet(**TINY, num_classes=3, num_heads=2, dropout=0.1, mid_attention=False)
     clone = assert_config_roundtrip(model)
