@@ -133,6 +133,24 @@ def _restore(model, raw):
             variable.assign(value)
 
 
+def build_recipe_model(recipe, overrides, steps):
+    """`(config, model)`: the recipe with `overrides` and `steps`, compiled as `kzoo train` does."""
+    import keras
+
+    import recipes
+    from kzoo.training import trainer
+
+    config = recipes.get_recipe(recipe, overrides)
+    config["steps"] = steps
+    trainer.validate_config(config)
+    keras.mixed_precision.set_global_policy(config["precision"])
+    keras.utils.set_random_seed(config["seed"])
+    model = trainer.build_model(dict(config["model"]))
+    model.compile(optimizer=trainer.build_optimizer(config), jit_compile=config["jit_compile"])
+    trainer._build_optimizer_eagerly(model)
+    return config, model
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe")
@@ -154,17 +172,9 @@ def main(argv=None):
 
     import keras
 
-    import recipes
     from kzoo.training import checkpoint, trainer
 
-    config = recipes.get_recipe(args.recipe, args.overrides)
-    config["steps"] = args.steps
-    trainer.validate_config(config)
-    keras.mixed_precision.set_global_policy(config["precision"])
-    keras.utils.set_random_seed(config["seed"])
-    model = trainer.build_model(dict(config["model"]))
-    model.compile(optimizer=trainer.build_optimizer(config), jit_compile=config["jit_compile"])
-    trainer._build_optimizer_eagerly(model)
+    config, model = build_recipe_model(args.recipe, args.overrides, args.steps)
     dataset = trainer.train_dataset(config, model)
     scorer = ValidationScorer(
         model.image_shape[0], args.samples, args.diagnosis_images, model.num_classes

@@ -157,7 +157,6 @@ def main(argv=None):
     import keras
 
     import kzoo.data
-    import recipes
     from kzoo.metrics import load_or_train_shapes_classifier
     from kzoo.training import trainer
 
@@ -181,14 +180,9 @@ def main(argv=None):
     elif args.steps is None:
         parser.error("--steps is required unless --score-workdir is given")
     else:
-        config = recipes.get_recipe(args.recipe, args.overrides)
-        config["steps"] = args.steps
-        trainer.validate_config(config)
-        keras.mixed_precision.set_global_policy(config["precision"])
-        keras.utils.set_random_seed(config["seed"])
-        model = trainer.build_model(dict(config["model"]))
-        model.compile(optimizer=trainer.build_optimizer(config), jit_compile=config["jit_compile"])
-        trainer._build_optimizer_eagerly(model)
+        from benchmarks.learning_curve import build_recipe_model
+
+        config, model = build_recipe_model(args.recipe, args.overrides, args.steps)
     if args.no_quantizer:
         _remove_quantizer(model)
     dataset = trainer.train_dataset(config, model)
