@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # `import kzoo` quiets TensorFlow's C++ start-up lines itself (KZOO_DEBUG=1 shows them).
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench bench-peers clean
 
 install: $(STAMP)
 
@@ -41,6 +41,16 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run --workload all
+
+# One sitting, kzoo and its PyTorch peers (benchmarks/peers/) alternating:
+# make bench-peers PEER_PYTHON=~/kzoo-torch/bin/python [OUT=...] [WORKLOADS="unet_train ..."]
+# PEER_PYTHON is a venv outside the repo with torch, diffusers and vector-quantize-pytorch
+# (README.md, "Benchmarks"); PRECISION=mixed_bfloat16 times both sides in bfloat16.
+OUT ?= benchmarks/results/$(shell date +%Y-%m-%d-%H%M)-sitting.jsonl
+bench-peers:
+	@test -n "$(PEER_PYTHON)" || { echo "make: bench-peers needs PEER_PYTHON=/path/to/torch-venv/bin/python, a Python with torch, diffusers and vector-quantize-pytorch (README.md, Benchmarks)" >&2; exit 2; }
+	@$(MAKE) --no-print-directory install
+	benchmarks/sitting.sh "$(OUT)" "$(PEER_PYTHON)" $(WORKLOADS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache runs

@@ -1,13 +1,16 @@
 """Timing, machine-load and FLOP-accounting helpers shared by the benchmark workloads.
 
-The definitions follow `shared/bench/peers.py`, so a kzoo row and a peer row mean
-the same thing: one `time.perf_counter()` sample per step, inputs generated once
-and reused, `cpu_util` = process CPU seconds / wall seconds over the timed loop,
-`achieved_flops_per_s` = `flops_per_step / median_s_per_step`.
+kzoo's side (`benchmarks.run`) and the PyTorch peers (`benchmarks.peers`) both time
+with these, so a kzoo row and a peer row mean the same thing: one
+`time.perf_counter()` sample per step, inputs generated once and reused, `cpu_util`
+= process CPU seconds / wall seconds over the timed loop, `achieved_flops_per_s` =
+`flops_per_step / median_s_per_step`. Standard library only at import: the peers
+import it in a venv without TensorFlow.
 """
 
 import dataclasses
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -60,6 +63,18 @@ def loadavg():
             return f.read().strip()
     except OSError:
         return None
+
+
+def cpu_model():
+    """The CPU's model name from `/proc/cpuinfo`, else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def load1():

@@ -1,4 +1,4 @@
-"""Benchmark runner: time kzoo on the workloads of shared/BENCHMARKS.md, one JSON line each.
+"""Benchmark runner: time kzoo on the workloads of benchmarks/WORKLOADS.md, one JSON line each.
 
 Usage:
     python -m benchmarks.run --workload NAME|all [--steps N] [--warmup W]
@@ -7,12 +7,13 @@ Usage:
         [--precision float32|mixed_bfloat16]
 
 Each (workload, jit_compile) pair prints ONE JSON line on stdout (progress goes
-to stderr) with the fields of shared/BENCHMARKS.md (`workload`, `framework`,
+to stderr) with the fields of benchmarks/WORKLOADS.md (`workload`, `framework`,
 `median_s_per_step`, `min_s_per_step`, `items_per_s`, `items_per_s_best`,
 `flops_per_step`, `achieved_flops_per_s`, `pct_of_peak`, `params`, `cpu_util`,
 `loadavg_before`) plus `jit_compile`, versions, the config and the per-step
-times. `--out` also appends the lines to a file. A step is defined as in
-shared/bench/peers.py; every workload is built fresh for each jit setting.
+times. `--out` also appends the lines to a file. A step is defined as for the
+peers (benchmarks/WORKLOADS.md, `benchmarks.peers`); every workload is built fresh
+for each jit setting.
 
 `dit_train_memory` times nothing: its line (`"kind": "peak_memory"`, timing
 fields null) holds the peak memory of dit_train steps as one batch of 32 and as
@@ -20,9 +21,9 @@ gradient accumulation 4 x 8, each measured in a fresh subprocess; `--steps` is
 the number of optimizer steps per setting.
 
 `--precision` sets the Keras dtype policy before each workload is built (default
-float32, as the peers; mixed_bfloat16 is timed against benchmarks/peer_autocast.py,
-the peers under torch.autocast); a row records it as `precision`. `matmul_peak` stays fp32
-whatever the policy, so `pct_of_peak` keeps one denominator.
+float32, as the peers; mixed_bfloat16 is timed against the peers' `--precision
+autocast_bfloat16`, torch.autocast); a row records it as `precision`. `matmul_peak`
+stays fp32 whatever the policy, so `pct_of_peak` keeps one denominator.
 
 `pct_of_peak` uses `--peak-flops` when given, else the fastest step of a
 `matmul_peak` run earlier in the same invocation (so `--workload all` measures
@@ -51,7 +52,7 @@ WORKLOAD_MODULES = {
 }
 # Workloads that measure peak memory (module.measure_memory) instead of time.
 MEMORY_WORKLOADS = ("dit_train_memory",)
-# unet_sample(_b1): single denoiser calls timed after the sample calls, as peers.py.
+# unet_sample(_b1): single denoiser calls timed after the sample calls, as by the peers.
 DENOISER_CALLS = 10
 PRECISIONS = ("float32", "mixed_bfloat16")  # the two with a peer counterpart
 JIT_CHOICES = {"true": (True,), "false": (False,), "both": (False, True)}
@@ -78,19 +79,12 @@ def _versions():
 
 
 def _host():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                cpu,
-            )
-    except OSError:
-        pass
     import tensorflow as tf
 
+    from benchmarks import _timing
+
     return {
-        "cpu": cpu,
+        "cpu": _timing.cpu_model(),
         "nproc": os.cpu_count(),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -113,7 +107,7 @@ def run_workload(name, jit_compile, args, peak_flops):
     steps = args.steps if args.steps is not None else steps
     if name == "matmul_peak":
         # The denominator of pct_of_peak costs milliseconds a step: never run it cold
-        # or short (the same floor as peers.py).
+        # or short (the same floor as the peers').
         warmup, steps = max(warmup, 3), max(steps, 20)
 
     row = {
@@ -184,7 +178,7 @@ def run_workload(name, jit_compile, args, peak_flops):
 
 
 def _time_denoiser_call(workload, sample_median_s):
-    """Single denoiser calls timed on their own (1 warm-up + DENOISER_CALLS), as peers.py."""
+    """Single denoiser calls timed on their own (1 warm-up + DENOISER_CALLS), as by the peers."""
     from benchmarks import _timing
 
     extra = workload.extra

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# One benchmark sitting, as shared/BENCHMARKS.md asks: per workload, kzoo and the
-# PyTorch peer alternate (kzoo, peer, kzoo, peer), all lines go to one file, and
-# the matmul peak measured first is 100% of pct_of_peak on both sides.
+# One benchmark sitting, as benchmarks/WORKLOADS.md asks: per workload, kzoo and its
+# PyTorch peer (benchmarks/peers/) alternate (kzoo, peer, kzoo, peer), all lines go
+# to one file, and the matmul peak measured first is 100% of pct_of_peak on both sides.
 #
 #   benchmarks/sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]
+#   make bench-peers PEER_PYTHON=... [OUT=...] [WORKLOADS="..."]   # the same
 #
 # PEER_PYTHON is a Python with torch==2.13.0, diffusers and vector-quantize-pytorch
-# (a venv outside the repo). kzoo runs with the jit_compile setting chosen per
-# workload by measurement (JIT below); one extra kzoo run with the other setting
-# fills the jit table. Run it on an otherwise idle machine; every line records
-# the load it saw. Summarise with: python -m benchmarks.compare OUT.jsonl
+# (a venv outside the repo; README.md, "Benchmarks"). kzoo runs with the jit_compile
+# setting chosen per workload by measurement (JIT below); one extra kzoo run with the
+# other setting fills the jit table. Run it on an otherwise idle machine; every line
+# records the load it saw. Summarise with: python -m benchmarks.compare OUT.jsonl
 #
 # PRECISION=mixed_bfloat16 times both sides in bfloat16 instead: kzoo with
-# `--precision mixed_bfloat16`, the peers through benchmarks/peer_autocast.py
+# `--precision mixed_bfloat16`, the peers with `--precision autocast_bfloat16`
 # (torch.autocast), kzoo's main runs without XLA; the matmul peak stays float32.
+# STEPS=N and WARMUP=N override both sides' step counts (a smoke run, not a sitting).
 set -euo pipefail
 
 out=${1:?usage: sitting.sh OUT.jsonl PEER_PYTHON [WORKLOAD ...]}
@@ -26,7 +28,13 @@ fi
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 kzoo_python=${KZOO_PYTHON:-$here/.venv/bin/python}
-peers=${PEERS_PY:-$here/../shared/bench/peers.py}
+case "$out" in /*) ;; *) out=$PWD/$out ;; esac # both sides run from the repository root
+
+if ! "$peer_python" -c "import torch, diffusers, vector_quantize_pytorch" 2>/dev/null; then
+  echo "sitting.sh: PEER_PYTHON must be a Python with torch, diffusers and" \
+    "vector-quantize-pytorch (README.md, Benchmarks). Received: PEER_PYTHON=$peer_python" >&2
+  exit 2
+fi
 
 # jit_compile per workload, chosen by measurement (benchmarks/README.md).
 declare -A JIT=(
@@ -40,16 +48,18 @@ case "$precision" in
   float32 | mixed_bfloat16) ;;
   *) echo "PRECISION must be float32 or mixed_bfloat16. Received: PRECISION=$precision" >&2; exit 2 ;;
 esac
+counts=()
+[ -n "${STEPS:-}" ] && counts+=(--steps "$STEPS")
+[ -n "${WARMUP:-}" ] && counts+=(--warmup "$WARMUP")
 kzoo() {
-  (cd "$here" && "$kzoo_python" -m benchmarks.run --precision "$precision" --out "$out" "$@" >/dev/null)
+  (cd "$here" && "$kzoo_python" -m benchmarks.run --precision "$precision" --out "$out" \
+    ${counts[@]+"${counts[@]}"} "$@" >/dev/null)
 }
+peer_precision=float32
+[ "$precision" = mixed_bfloat16 ] && peer_precision=autocast_bfloat16
 peer() {
-  if [ "$precision" = float32 ]; then
-    # peers.py unchanged, plus the extra workloads of benchmarks/peer_extra.py
-    "$peer_python" "$here/benchmarks/peer_extra.py" "$peers" --json "$@" >>"$out"
-  else
-    "$peer_python" "$here/benchmarks/peer_autocast.py" "$peers" --json "$@" >>"$out"
-  fi
+  (cd "$here" && "$peer_python" -m benchmarks.peers --precision "$peer_precision" --out "$out" \
+    ${counts[@]+"${counts[@]}"} "$@" >/dev/null)
 }
 
 kzoo --workload matmul_peak --jit-compile true

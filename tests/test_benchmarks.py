@@ -297,37 +297,6 @@ def test_unet_sample_b1_samples_one_image(monkeypatch, capsys):
     assert row["flops_per_step"] == 50 * row["denoiser_call"]["flops"] > 0
 
 
-def test_peer_extra_runs_a_sample_variant_through_the_peers_unet_sample_path():
-    import types
-
-    from benchmarks import peer_extra
-
-    calls = []
-
-    def build_unet_sample(args):
-        return "batch 8"
-
-    def run_workload(name, args, peak_flops):
-        # peers.py special-cases the name "unet_sample": the variant must arrive as
-        # it, with its own builder and defaults in place.
-        calls.append((name, peers.WORKLOADS[name](args), peers.DEFAULTS[name]))
-        return {"workload": name}
-
-    peers = types.SimpleNamespace(
-        WORKLOADS={"unet_sample": build_unet_sample},
-        DEFAULTS={"unet_sample": (1, 3)},
-        run_workload=run_workload,
-    )
-    peer_extra.register(peers)
-    peers.WORKLOADS["unet_sample_b1"] = lambda args: "batch 1"  # stands in for diffusers
-    assert peers.run_workload("unet_sample_b1", None, None) == {"workload": "unet_sample_b1"}
-    assert calls == [("unet_sample", "batch 1", (1, 5))]
-    # peers.py's own workload is back, and runs unchanged.
-    assert peers.WORKLOADS["unet_sample"] is build_unet_sample
-    assert peers.run_workload("unet_sample", None, None) == {"workload": "unet_sample"}
-    assert calls[-1] == ("unet_sample", "batch 8", (1, 3))
-
-
 def test_dit_train_on_a_tiny_dit(monkeypatch, capsys):
     (row,) = _run_tiny(
         monkeypatch, capsys, dit_bench, ["dit_train"], batch=2, model_kwargs=TINY_DIT
