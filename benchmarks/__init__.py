@@ -1,4 +1,4 @@
-"""kzoo benchmarks: the workloads of shared/BENCHMARKS.md, one JSON line each.
+"""kzoo benchmarks: the workloads of benchmarks/WORKLOADS.md, one JSON line each.
 
 Run `python -m benchmarks.run --workload all`; see benchmarks/README.md.
 """

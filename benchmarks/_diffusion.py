@@ -5,7 +5,7 @@ One step is `DiffusionModel.train_step` (what `fit` runs per batch) inside one
 batch with the linear DDPM schedule (betas 1e-4..0.02, 1000 steps: diffusers'
 `DDPMScheduler()` defaults), predict eps, MSE, backward, AdamW update, loss
 metric. The peers draw `t` and `eps` once, outside the timed step
-(shared/bench/peers.py); kzoo's step draws them inside, which adds a few
+(`benchmarks.peers`); kzoo's step draws them inside, which adds a few
 elementwise ops per image (it is `fit`'s step). AdamW as the peers'
 `torch.optim.AdamW(lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)`.
 """

@@ -4,7 +4,7 @@ Usage:
     python -m benchmarks.compare benchmarks/results/2026-11-25.jsonl
 
 Reads kzoo rows (`"framework": "kzoo"`, from `benchmarks.run`) and peer rows
-(from shared/bench/peers.py, recognised by `torch_version`) of ONE sitting and
+(from `benchmarks.peers`, recognised by `torch_version`) of ONE sitting and
 prints:
 
 1. the main table: per workload, kzoo's and the peer's items/s (median over the
@@ -20,7 +20,7 @@ prints:
    which time nothing and are left out of the tables above.
 
 Rows timed in bfloat16 (`benchmarks.run --precision mixed_bfloat16`, the peers
-through `benchmarks/peer_autocast.py`) are their own workload, `NAME (bf16)`,
+with `--precision autocast_bfloat16`) are their own workload, `NAME (bf16)`,
 compared only with each other.
 """
 

@@ -1,6 +1,6 @@
 """dit_train, dit_train_memory: DiT-S/2 training steps on 32x32x4 latents, time and peak memory.
 
-The peer is diffusers' `DiTTransformer2DModel` of shared/bench/peers.py: hidden
+The peer is diffusers' `DiTTransformer2DModel` of benchmarks/peers/: hidden
 384, 12 layers, 6 heads, patch 2 (256 tokens), 1000 classes, adaLN-Zero, MLP
 ratio 4, GELU(tanh), eps output only. kzoo's `DiT.from_size("S/2")` is the same
 network with the DiT paper's parameter count: 32,957,200 by `count_params()`
@@ -53,7 +53,7 @@ ACCUMULATION_STEPS = 4
 SIZE = "S/2"
 DIT_KWARGS = dict(input_shape=(32, 32, 4), num_classes=1000, learn_sigma=False)
 PARAMS = 32_957_200  # count_params(): 32,858,896 trainable + 98,304 fixed positions
-# diffusers DiTTransformer2DModel(**peers.py kwargs).parameters(), printed by a peers.py run.
+# diffusers DiTTransformer2DModel(**peers.specs.DIT_KW).parameters(), printed by a peer run.
 PEER_PARAMS = 39_798_928
 PARAMS_NOTE = (
     f"params: kzoo DiT-S/2 {PARAMS:,} by count_params() (the paper's 33M; trainable "

@@ -1,7 +1,7 @@
 """matmul_peak: one n x n x n float32 matmul in TensorFlow, the attainable peak FLOP/s.
 
 Its fastest step (`achieved_flops_per_s_best`) is the 100% of `pct_of_peak` for
-every other row, kzoo's and the peers' (shared/BENCHMARKS.md, "Peak").
+every other row, kzoo's and the peers' (benchmarks/WORKLOADS.md, "Peak").
 """
 
 import time

@@ -1,6 +1,6 @@
 """quality_diffusion: sample quality of a trained class-conditional diffusion model vs NFE.
 
-shared/BENCHMARKS.md, "Quality workloads": KID of samples vs number of sampler
+benchmarks/WORKLOADS.md, "Quality workloads": KID of samples vs number of sampler
 steps (DDIM vs DPM-Solver++ at 10/20/50 NFE), here with Euler and Heun too, and
 DDPM ancestral sampling at the step counts given by `--ddpm-steps`.
 

@@ -1,6 +1,6 @@
 """unet_train, unet_sample(_b1): `kzoo.models.UNet` at the peer's layout (DDPM-CIFAR10, half width).
 
-The peer is diffusers' `UNet2DModel` of shared/bench/peers.py: 32x32x3, channels
+The peer is diffusers' `UNet2DModel` of benchmarks/peers/: 32x32x3, channels
 (64, 128, 128, 128), 2 res blocks per level, one-head self-attention at 16x16
 and in the 4x4 middle, GroupNorm 32, time embedding 256, dropout 0; kzoo's
 `UNet` has the same layout and the same 8,952,067 parameters (asserted here).
@@ -17,8 +17,8 @@ and in the 4x4 middle, GroupNorm 32, time embedding 256, dropout 0; kzoo's
   also timed on its own, as by the peer (`denoiser_call` in the row).
 - **unet_sample_b1**: the same sample for one image (batch 1), the latency of a
   single request, where per-step dispatch is a larger share of each step than at
-  batch 8 (not a workload of shared/BENCHMARKS.md; its peer is the same diffusers
-  loop at batch 1, `benchmarks/peer_extra.py`).
+  batch 8 (kzoo's addition to benchmarks/WORKLOADS.md; its peer is the same
+  diffusers loop at batch 1).
 
 FLOPs from the traced graphs (`_timing.graph_flops`): for `unet_train` every
 Conv2D and its gradient ops, the attention and projection matmuls, 2 FLOP per
@@ -40,8 +40,8 @@ DEFAULTS = {"unet_train": (1, 10), "unet_sample": (1, 3), "unet_sample_b1": (1, 
 TRAIN_BATCH = 32
 SAMPLE_BATCH = {"unet_sample": 8, "unet_sample_b1": 1}
 NUM_INFERENCE_STEPS = 50
-# peers.py UNET_KW: UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128, 128),
-# layers_per_block=2, AttnDownBlock2D / AttnUpBlock2D at 16x16, attention_head_dim=None).
+# benchmarks.peers.specs.UNET_KW: UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128,
+# 128), layers_per_block=2, AttnDownBlock2D / AttnUpBlock2D at 16x16, attention_head_dim=None).
 UNET_KWARGS = dict(
     image_shape=(32, 32, 3),
     channels=(64, 128, 128, 128),
@@ -53,7 +53,7 @@ UNET_KWARGS = dict(
     mid_attention=True,
     dropout=0.0,
 )
-PEER_PARAMS = 8_952_067  # diffusers UNet2DModel(**peers.UNET_KW)
+PEER_PARAMS = 8_952_067  # diffusers UNet2DModel(**benchmarks.peers.specs.UNET_KW)
 
 
 def make_unet(model_kwargs=None):

@@ -1,6 +1,6 @@
 """vq_fwd_bwd, vq_fwd_bwd_ste, vq_learnable: `kzoo.layers.VectorQuantizer` forward + backward.
 
-Same shapes as the peer (vector-quantize-pytorch, see shared/bench/peers.py):
+Same shapes as the peer (vector-quantize-pytorch, see benchmarks/WORKLOADS.md):
 dim 64, 512 codes, commitment 0.25, input `x` of shape (64, 256, 64), i.e. a
 batch of 64 latent maps of 16x16 vectors. One step is
 

@@ -1,7 +1,7 @@
 """vqmodel_train: one AdamW training step of `kzoo.models.VQVAE()` on a batch of 32 images.
 
 The peer is diffusers' `VQModel` with the same layout and the same 2,781,571
-parameters (shared/bench/peers.py): levels (64, 128), one res block per level,
+parameters (benchmarks/WORKLOADS.md): levels (64, 128), one res block per level,
 mid-block attention, latent 16x16x64, 512 codes. One step is `model.train_step`
 (what `fit` runs per batch: forward, MSE + VQ losses, backward, AdamW update,
 metric updates) inside one `tf.function`, on a batch already in memory:

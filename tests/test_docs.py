@@ -55,24 +55,6 @@ SCRATCH_EMPTY = ("runs/", "exported/", "docs/images/", "benchmarks/results/")
 BLOCK_TIMEOUT_S = 900
 LINKED_DOCS = ("README.md", "benchmarks/README.md", "exported/README.md")
 
-# Files (not documents) that still name paths outside the repository; their owners
-# are replacing the references. Remove an entry once its file is clean (the test
-# says so). Anything not listed here fails.
-KNOWN_OUTSIDE_REFERENCES = {
-    "benchmarks/__init__.py": "docstring names shared/BENCHMARKS.md",
-    "benchmarks/_diffusion.py": "docstring names shared/bench/peers.py",
-    "benchmarks/compare.py": "docstring names shared/bench/peers.py",
-    "benchmarks/dit.py": "docstring names shared/bench/peers.py",
-    "benchmarks/matmul_peak.py": "docstring names shared/BENCHMARKS.md",
-    "benchmarks/quality_diffusion.py": "docstring names shared/BENCHMARKS.md",
-    "benchmarks/unet.py": "docstring names shared/bench/peers.py",
-    "benchmarks/vq.py": "docstring names shared/bench/peers.py",
-    "benchmarks/vqmodel_train.py": "docstring names shared/bench/peers.py",
-    "kzoo/layers/normalization.py": "docstring names shared/NOTES.md",
-    "kzoo/models/unet.py": "docstring names shared/BENCHMARKS.md",
-    "tests/test_unet.py": "comment names shared/BENCHMARKS.md",
-    "tests/test_vqvae.py": "comment names shared/BENCHMARKS.md",
-}
 OUTSIDE_PATTERN = r"(^|[^A-Za-z0-9_.-])(\.\./)*shared/"
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
@@ -468,10 +450,7 @@ def test_no_file_refers_to_paths_outside_the_repository():
         text=True,
         check=False,
     ).stdout.split()
-    new = sorted(set(found) - set(KNOWN_OUTSIDE_REFERENCES))
-    assert not new, f"files that refer to shared/ (outside the repository): {new}"
-    clean = sorted(set(KNOWN_OUTSIDE_REFERENCES) - set(found))
-    assert not clean, f"no longer refer to shared/: remove {clean} from KNOWN_OUTSIDE_REFERENCES"
+    assert not found, f"files that refer to shared/ (outside the repository): {sorted(found)}"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def batch(size=4, num_classes=3, seed=0):
 
 
 def test_benchmark_config_has_the_diffusers_parameter_count():
-    # diffusers UNet2DModel of shared/BENCHMARKS.md `unet_train`: 8,952,067 parameters.
+    # diffusers UNet2DModel of benchmarks/WORKLOADS.md `unet_train`: 8,952,067 parameters.
     # Same layout (resnets, attention, skips, time MLP), so the count is exact.
     assert UNet().count_params() == 8_952_067
 

@@ -48,7 +48,7 @@ def test_shapes_and_dtypes():
 
 def test_benchmark_configuration_matches_diffusers_vqmodel_parameter_count():
     # diffusers VQModel(block_out_channels=(64, 128), layers_per_block=1, latent 64,
-    # 512 codes, norm_num_groups=32): 2,781,571 parameters (shared/BENCHMARKS.md).
+    # 512 codes, norm_num_groups=32): 2,781,571 parameters (benchmarks/WORKLOADS.md).
     assert VQVAE().count_params() == 2_781_571
 
 

@@ -1,7 +1,7 @@
 """Group normalization with one-pass float32 statistics.
 
 Wu & He 2018, https://arxiv.org/abs/1803.08494. Keras' `GroupNormalization` plus
-SiLU is the slowest block of a conv net on CPU here (shared/NOTES.md); computing
+SiLU is the slowest block of a conv net on CPU (benchmarks/WORKLOADS.md); computing
 the statistics as per-channel sums then per-group sums, and fusing scale/shift
 (and an optional SiLU) into one expression, is measurably faster.
 """

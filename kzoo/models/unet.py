@@ -10,7 +10,7 @@ blocks of `num_res_blocks + 1` resnets, each consuming one skip connection, with
 nearest-neighbour + conv upsampling; time embedding `sinusoidal(channels[0])`,
 cosines first, then Linear-SiLU-Linear to `time_embedding_dim`). With the
 defaults it has exactly the parameters of the `unet_train` peer in
-shared/BENCHMARKS.md (8,952,067). One difference in computation, not in
+benchmarks/WORKLOADS.md (8,952,067). One difference in computation, not in
 parameters: `Downsample`'s stride-2 conv pads as TF's "same" (0 before, 1
 after; as the original TF DDPM code), while `UNet2DModel` pads 1 on each side.
 With its padding set the same way, weights ported from diffusers give the same
