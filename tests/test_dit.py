@@ -108,6 +108,18 @@ def test_matches_a_numpy_transcription_of_the_reference():
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
 
 
+def test_label_embedding_starts_stronger_than_the_time_embedding():
+    # The paper's N(0, 0.02) rows left the label as weak as the time embedding, and
+    # the dit_shapes recipe never used it; rows now start at N(0, 1) (diffusers).
+    keras.utils.set_random_seed(0)
+    model = DiT(**TINY)
+    rows = keras.ops.convert_to_numpy(model.get_layer("class_embedding").embeddings)
+    assert 0.8 < rows.std() < 1.2
+    time_embedding = keras.Model(model.inputs, model.get_layer("time_embedding_2").output)
+    times = keras.ops.convert_to_numpy(time_embedding(list(batch())))
+    assert rows.std() > 10 * times.std()
+
+
 def test_fresh_dit_returns_exactly_zero_in_float32():
     model = DiT(**TINY)
     x, t, y = batch()

@@ -165,8 +165,15 @@ class DiT(keras.Model):
             labels = keras.Input((), dtype="int32", name="labels")
             inputs.append(labels)
             # One extra row: id `num_classes` is the null class of classifier-free guidance.
+            # Rows start at N(0, 1) (torch's nn.Embedding, as in diffusers' DiT), not the
+            # paper's N(0, 0.02): at 0.02 the label is as weak as the time embedding, the
+            # zero-initialised modulations learn the time alone, and a small DiT never
+            # used its label (docs/dit_shapes.md, the diagnosis).
             class_embedding = keras.layers.Embedding(
-                num_classes + 1, hidden_size, embeddings_initializer=init, name="class_embedding"
+                num_classes + 1,
+                hidden_size,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="class_embedding",
             )
             conditioning = conditioning + class_embedding(labels)
         cross_attentions = [None] * depth
