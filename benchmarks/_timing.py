@@ -108,6 +108,24 @@ def wait_for_low_load(threshold=0.5, max_wait_s=300.0, poll_s=5.0):
         time.sleep(poll_s)
 
 
+def add_sitting_arguments(parser, mm_size):
+    """The options every sitting script takes, on kzoo's side and the peers': `--out`,
+    `--mm-size` (matmul_peak's n), `--wait-load` and `--wait-max` (see
+    `wait_for_low_load`)."""
+    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--mm-size", type=int, default=mm_size, help="matmul_peak's n")
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before each workload, wait until the 1-minute load average is below LOAD",
+    )
+    parser.add_argument(
+        "--wait-max", type=float, default=300.0, help="give up waiting for low load after this (s)"
+    )
+
+
 def _cpu_jiffies():
     """Whole-machine CPU time split from `/proc/stat` (busy, idle, steal)."""
     try:

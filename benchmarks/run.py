@@ -38,6 +38,8 @@ import platform
 import sys
 import time
 
+from benchmarks import _timing
+
 WORKLOAD_MODULES = {
     "matmul_peak": "benchmarks.matmul_peak",
     "vq_fwd_bwd": "benchmarks.vq",
@@ -81,8 +83,6 @@ def _versions():
 def _host():
     import tensorflow as tf
 
-    from benchmarks import _timing
-
     return {
         "cpu": _timing.cpu_model(),
         "nproc": os.cpu_count(),
@@ -97,7 +97,6 @@ def run_workload(name, jit_compile, args, peak_flops):
 
     `peak_flops` None on a matmul_peak run: that run's fastest step is its 100%.
     """
-    from benchmarks import _timing
 
     module = importlib.import_module(WORKLOAD_MODULES[name])
     if name in MEMORY_WORKLOADS:
@@ -179,7 +178,6 @@ def run_workload(name, jit_compile, args, peak_flops):
 
 def _time_denoiser_call(workload, sample_median_s):
     """Single denoiser calls timed on their own (1 warm-up + DENOISER_CALLS), as by the peers."""
-    from benchmarks import _timing
 
     extra = workload.extra
     den = _timing.time_steps(extra["denoiser_call"], 1, DENOISER_CALLS)
@@ -201,7 +199,6 @@ def _time_denoiser_call(workload, sample_median_s):
 
 def run_memory_workload(name, module, jit_compile, args):
     """Peak-memory row: `module.measure_memory(jit_compile, steps)`; timing fields null."""
-    from benchmarks import _timing
 
     steps = args.steps if args.steps is not None else module.DEFAULTS[name][1]
     row = dict.fromkeys(REQUIRED_FIELDS)
@@ -239,7 +236,6 @@ REQUIRED_FIELDS = (
 
 def _failed_row(name, jit_compile, error):
     """A row for a (workload, jit) setting that did not run: required fields null, the error."""
-    from benchmarks import _timing
 
     row = dict.fromkeys(REQUIRED_FIELDS)
     message = str(error).strip().splitlines()
@@ -285,18 +281,7 @@ def main(argv=None):
         help="tf.function(jit_compile=...) setting; 'both' times each (default)",
     )
     parser.add_argument("--peak-flops", type=float, default=None, help="FLOP/s taken as 100%%")
-    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
-    parser.add_argument("--mm-size", type=int, default=2048, help="matmul_peak matrix size n")
-    parser.add_argument(
-        "--wait-load",
-        type=float,
-        default=None,
-        metavar="LOAD",
-        help="before each workload, wait until the 1-minute load average is below LOAD",
-    )
-    parser.add_argument(
-        "--wait-max", type=float, default=300.0, help="give up waiting for low load after this (s)"
-    )
+    _timing.add_sitting_arguments(parser, mm_size=2048)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

@@ -202,18 +202,7 @@ def parse_args(argv=None):
         default="float32",
         help="autocast_bfloat16 runs each step under torch.autocast (default float32)",
     )
-    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
-    parser.add_argument("--mm-size", type=int, default=specs.MM_SIZE, help="matmul_peak's n")
-    parser.add_argument(
-        "--wait-load",
-        type=float,
-        default=None,
-        metavar="LOAD",
-        help="before each workload, wait until the 1-minute load average is below LOAD",
-    )
-    parser.add_argument(
-        "--wait-max", type=float, default=300.0, help="give up waiting for low load after this (s)"
-    )
+    _timing.add_sitting_arguments(parser, mm_size=specs.MM_SIZE)
     args = parser.parse_args(argv)
     args.names = list(specs.DEFAULTS) if args.workload == ["all"] else args.workload
     for name in args.names:
