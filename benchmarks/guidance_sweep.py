@@ -1,14 +1,14 @@
 """guidance_sweep: a class-conditional diffusion workdir scored on validation per guidance scale.
 
 For each `--scales` value, `--samples` samples conditioned on the shapes of
-`validation[:N]` (fixed noise, DPM-Solver++ 2M with `--nfe` steps) are scored as
-`benchmarks.learning_curve` scores them: the requested shape read by the
+`validation[:N]` (fixed noise, `--sampler` with `--nfe` steps, DPM-Solver++ 2M by
+default) are scored as `benchmarks.learning_curve` scores them: the requested shape read by the
 `ShapesClassifier` (with its binomial standard error) and KID against
 `validation[N:]` in the classifier's features. One JSON line per scale.
 
 Usage:
     python -m benchmarks.guidance_sweep WORKDIR --scales 1,2,3,5,8 [--samples 150] \
-        [--nfe 20] [--out FILE.jsonl] [--tag TAG]
+        [--nfe 20] [--sampler dpmpp_2m] [--out FILE.jsonl] [--tag TAG]
 
 The guidance scale is a sampling choice: it is chosen here, on validation, and the
 test split is then scored once with it by `benchmarks.quality_diffusion`.
@@ -40,6 +40,7 @@ def main(argv=None):
     parser.add_argument("--scales", type=_scales, required=True)
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--nfe", type=int, default=20)
+    parser.add_argument("--sampler", default="dpmpp_2m", help="a kzoo sampler name")
     parser.add_argument("--out", default=None)
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
@@ -57,7 +58,7 @@ def main(argv=None):
     scorer = ValidationScorer(model.image_shape[0], args.samples, 1, model.num_classes)
     out = open(args.out, "a") if args.out else sys.stdout
     for scale in args.scales:
-        metrics, _ = scorer.samples(model, args.nfe, scale)
+        metrics, _ = scorer.samples(model, args.nfe, scale, sampler=args.sampler)
         row = {
             "benchmark": BENCHMARK,
             "workdir": args.workdir,
@@ -65,7 +66,7 @@ def main(argv=None):
             "step": state["step"],
             "split": "validation",
             "samples": args.samples,
-            "sampler": "dpmpp_2m",
+            "sampler": args.sampler,
             "nfe": args.nfe,
             "guidance_scale": scale,
             "host": platform.node(),

@@ -66,14 +66,14 @@ class ValidationScorer:
     def _shape_accuracy(self, images, labels):
         return float(self.classifier.attribute_accuracy(images, {"shape": labels})["shape"])
 
-    def samples(self, model, nfe, guidance_scale):
+    def samples(self, model, nfe, guidance_scale, sampler="dpmpp_2m"):
         from kzoo.metrics import kernel_inception_distance
 
         t0 = time.perf_counter()
         images = model.generate(
             labels=self.labels,
             num_steps=nfe,
-            sampler="dpmpp_2m",
+            sampler=sampler,
             guidance_scale=guidance_scale,
             seed=0,
         )

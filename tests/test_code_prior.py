@@ -51,6 +51,21 @@ def test_fit_learns_the_toy_patterns(trained):
     np.testing.assert_array_equal(codes, expected)
 
 
+def test_prior_diagnosis_nll_is_low_with_the_true_label_and_high_with_a_wrong_one(trained):
+    from benchmarks.prior_diagnosis import _nll_per_position
+
+    prior, history = trained
+    codes, labels = toy_codes(8)
+    nll_true = _nll_per_position(prior, codes, labels)
+    nll_wrong = _nll_per_position(prior, codes, (labels + 1) % CLASSES)
+    assert nll_true.shape == (8, GRID[0] * GRID[1])
+    # Teacher-forced NLL with the true label is the training loss on these codes.
+    np.testing.assert_allclose(nll_true.mean(), history["loss"][-1], atol=0.05)
+    # The toy pattern's first code is the label itself: a wrong label makes it unlikely
+    # (the later codes follow from the first, so only position 0 must differ).
+    assert nll_wrong[:, 0].mean() > 2.0 > 0.1 > nll_true[:, 0].mean()
+
+
 def test_prepare_inputs_shift_codes_behind_a_class_start_token():
     prior = tiny_prior(num_layers=1)
     codes, labels = toy_codes(2)
