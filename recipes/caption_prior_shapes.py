@@ -35,3 +35,5 @@ def get_config():
 
 # `kzoo train` feeds a recipe's `build_dataset(config, model, skip_batches=...)` to the trainer.
 build_dataset = code_prior_shapes.build_code_dataset
+# `--set image_size=N`: the code grid of the tokenizer on N x N images.
+apply_image_size = code_prior_shapes.apply_image_size

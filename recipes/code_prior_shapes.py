@@ -11,6 +11,9 @@ batches (start token per shape class, then the raster-order codes). Sampling:
 `kzoo.models.Generator(prior, tokenizer, top_k=...)` exports one `generate`
 endpoint (labels, seed -> images).
 
+`--set image_size=N` (own data) sets the code grid of `vqgan_shapes` trained on
+N x N images, `(N // 4, N // 4)`: train `vqgan_shapes` with the same `image_size`.
+
 Expected (2,800 steps over the 2026-12-05 tokenizer): the requested shape in 18.8%
 of 600 samples (chance 16.7%): the tokenizer's codes keep colour but not shape.
 Model card, the scoring snippet and limits: docs/code_prior_shapes.md.
@@ -126,6 +129,19 @@ def build_code_dataset(config, prior, skip_batches=0, tokenizer=None):
         .batch(config["batch_size"], drop_remainder=True)
     )
     return dataset.skip(skip_batches) if skip_batches else dataset
+
+
+def apply_image_size(config, image_size):
+    """`--set image_size=N`: the code grid of `vqgan_shapes` on N x N images.
+
+    `vqgan_shapes`' encoder (channels (32, 64, 64)) halves the side twice.
+    """
+    if image_size % 4:
+        raise ValueError(
+            "`image_size` must be a multiple of 4 (the tokenizer divides it by 4). "
+            f"Received: image_size={image_size}"
+        )
+    config["model"]["grid_shape"] = (image_size // 4, image_size // 4)
 
 
 # `kzoo train` feeds a recipe's `build_dataset(config, model, skip_batches=...)` to the trainer.

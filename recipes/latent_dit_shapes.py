@@ -11,6 +11,9 @@ latest checkpoint, `kzoo.training.load_trained_model`) and passes it as the
 model's `autoencoder` argument; the DiT's `input_shape` must be the VQ-VAE's
 `latent_shape`.
 
+`--set image_size=N` (own data) sets the DiT's input to the latent of N x N
+images, `(N // 2, N // 2, 32)`: train `vqvae_shapes` with the same `image_size`.
+
 Run:
     kzoo train vqvae_shapes --workdir runs/vqvae_shapes
     kzoo train latent_dit_shapes --workdir runs/latent_dit_shapes
@@ -61,3 +64,21 @@ def get_config():
         "strategy": "default",
         "seed": 0,
     }
+
+
+def apply_image_size(config, image_size):
+    """`--set image_size=N`: the DiT takes `vqvae_shapes`' latent of N x N images.
+
+    `vqvae_shapes`' encoder (channels (32, 64)) halves the side once.
+    """
+    denoiser = config["model"]["denoiser"]
+    if image_size % 2:
+        raise ValueError(
+            "`image_size` must be even (the autoencoder halves it). "
+            f"Received: image_size={image_size}"
+        )
+    denoiser["input_shape"] = (
+        image_size // 2,
+        image_size // 2,
+        *tuple(denoiser["input_shape"])[2:],
+    )

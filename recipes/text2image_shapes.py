@@ -6,6 +6,11 @@ encoder is the frozen text tower of a trained `clip_shapes` DualEncoder, loaded 
 `text_encoder_workdir`. Captions are dropped to the empty caption 10% of the time
 for classifier-free guidance.
 
+With `--set text_encoder_workdir=` (empty) a new text encoder (a `TextEncoder` as
+wide as `context_dim`, 2 layers, 4 heads, as clip_shapes' text tower) trains with
+the U-Net instead, e.g. on your captions: `--set dataset=captions:FILE.jsonl`
+(the vocabulary is then built from them, see `recipes.adapt_to_dataset`).
+
 Run:
     kzoo train clip_shapes --workdir runs/clip_shapes              # the text tower
     kzoo train text2image_shapes --workdir runs/text2image_shapes --set precision=mixed_bfloat16

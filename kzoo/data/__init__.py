@@ -1,5 +1,8 @@
 """Datasets and input pipelines: the embedded `kzoo_shapes` and tf.data loaders.
 
+`load` also reads your own images: `folder:PATH` and `captions:FILE` (see
+`kzoo.data.folders`).
+
 Importing this package registers the `kzoo_shapes` TFDS builder, so
 `tfds.load("kzoo_shapes", ...)` works afterwards.
 """

@@ -1,12 +1,14 @@
 """tf.data input pipelines of images (and labels, captions) scaled to [-1, 1].
 
 `load` serves `kzoo_shapes` from memory (rendered by numpy at the requested size,
-no disk) and any other image dataset through `tfds.load`. The order of stages
+no disk), your own images (`folder:PATH`, `captions:FILE`, see `kzoo.data.folders`)
+and any other image dataset through `tfds.load`. The order of stages
 follows the tf.data performance guide
 (https://www.tensorflow.org/guide/data_performance): per-example work (feature
 selection, crop and resize) is mapped in parallel and cached as uint8, then the
-cached examples are shuffled, repeated and batched, and the [-1, 1] scaling runs
-once per batch, vectorised, before `prefetch`.
+cached examples are shuffled and repeated, random crops and flips (own data) run
+per served example, then examples are batched, and the [-1, 1] scaling runs once
+per batch, vectorised, before `prefetch`.
 """
 
 import re
@@ -15,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from kzoo.data import shapes
+from kzoo.data import folders, shapes
 
 KZOO_SHAPES = "kzoo_shapes"
 # Shuffle buffer for TFDS datasets (in-memory kzoo_shapes shuffles fully). 10k
@@ -32,7 +34,17 @@ def _split_names(split):
 class _Source:
     """A dataset of example dicts plus what `load` needs to know about them."""
 
-    def __init__(self, make_dataset, features, image_shape, image_dtype, num_examples, in_memory):
+    def __init__(
+        self,
+        make_dataset,
+        features,
+        image_shape,
+        image_dtype,
+        num_examples,
+        in_memory,
+        augment=None,
+        resized=False,
+    ):
         # make_dataset(keys) -> tf.data.Dataset of dicts holding at least `keys`
         self.make_dataset = make_dataset
         self.features = features  # name -> (shape, tf.DType) of each top-level feature
@@ -40,6 +52,9 @@ class _Source:
         self.image_dtype = image_dtype
         self.num_examples = num_examples  # None where unknown
         self.in_memory = in_memory
+        # augment(image, index) -> image: random ops of the index-th served example.
+        self.augment = augment
+        self.resized = resized  # images come at `image_shape` (after `augment`) already
 
 
 def _shapes_source(split, image_size, num_examples):
@@ -108,14 +123,80 @@ def _tfds_source(name, split, data_dir, shuffle, seed, num_examples):
     return _Source(lambda keys: dataset, features, tuple(image.shape), image.tf_dtype, total, False)
 
 
-def _open(name, split, image_size, data_dir, shuffle, seed, num_examples):
+def _open(name, split, image_size, data_dir, shuffle, seed, num_examples, evaluation=False):
     if not isinstance(name, str):
         raise ValueError(f"`name` must be a dataset name string. Received: name={name!r}")
     if not isinstance(split, str):
         raise ValueError(f"`split` must be a split name string. Received: split={split!r}")
     if name == KZOO_SHAPES:
         return _shapes_source(split, image_size, num_examples)
+    if folders.is_own_data(name):
+        return _own_source(name, split, image_size, seed, num_examples, evaluation)
     return _tfds_source(name, split, data_dir, shuffle, seed, num_examples)
+
+
+def _own_source(name, split, image_size, seed, num_examples, evaluation):
+    """A `folder:`/`captions:` dataset (`kzoo.data.folders`): decoded, resized per file.
+
+    `evaluation` (`load_arrays`) serves centre crops without flips whatever the options.
+    """
+    if split not in folders.SPLITS:
+        raise ValueError(
+            f"Own data has one split, read whole by any of {list(folders.SPLITS)}. "
+            f"Received: split={split!r}"
+        )
+    if image_size is None:
+        raise ValueError(
+            f"`image_size` is needed for {name!r}: own images vary in size. "
+            f"Received: image_size=None"
+        )
+    data = folders.index(name)
+    files, labels, captions = data.files, data.labels, data.captions
+    if num_examples is not None:
+        files = files[:num_examples]
+    columns = {"file": files}
+    features = {"image": ((image_size, image_size, 3), tf.uint8)}
+    if labels is not None:
+        columns["label"] = labels[: len(files)]
+        features["label"] = ((), tf.int64)
+    if captions is not None:
+        columns["caption"] = captions[: len(files)]
+        features["caption"] = ((), tf.string)
+    crop = "center" if evaluation else data.options["crop"]
+    flip = data.options["flip"] == "true" and not evaluation
+    resize = folders.resize_fn(image_size, crop)
+
+    def make_dataset(keys):
+        wanted = {key: columns[key] for key in keys if key in columns}
+        if "image" in keys:
+            wanted["file"] = columns["file"]
+        dataset = tf.data.Dataset.from_tensor_slices(
+            {
+                key: tf.constant(value, tf.int64 if key == "label" else tf.string)
+                for key, value in wanted.items()
+            }
+        )
+
+        def decode(example):
+            example = dict(example)
+            if "file" in example:
+                file = example.pop("file")
+                example["image"] = resize(folders._decode(tf.io.read_file(file)))
+            return example
+
+        return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    augment = folders.augment_fn(image_size, crop, flip, seed)
+    return _Source(
+        make_dataset,
+        features,
+        (image_size, image_size, 3),
+        tf.uint8,
+        len(files),
+        False,
+        augment=augment,
+        resized=True,
+    )
 
 
 def _center_square(image):
@@ -133,7 +214,11 @@ def _image_fn(source, image_size, channels):
     uint8 images stay uint8 (rounded after resizing) so the cache stays small.
     """
     height, width, native_channels = source.image_shape
-    resize = image_size is not None and (height, width) != (image_size, image_size)
+    resize = (
+        image_size is not None
+        and not source.resized
+        and (height, width) != (image_size, image_size)
+    )
     is_uint8 = source.image_dtype == tf.uint8
     convert = (channels == 3 and native_channels == 1) or (channels == 1 and native_channels != 1)
     if not resize and not convert and is_uint8:
@@ -178,14 +263,18 @@ def load(
     """Builds a batched tf.data pipeline of images in [-1, 1] and other features.
 
     Args:
-        name: "kzoo_shapes" (rendered in memory, see `kzoo.data.shapes`) or any TFDS
-            name with an `image` feature ("mnist", "cifar10", "celeb_a/...").
+        name: "kzoo_shapes" (rendered in memory, see `kzoo.data.shapes`), your own
+            images as "folder:PATH" (class subfolders give `label`) or
+            "captions:FILE.jsonl|.csv" (gives `caption`), options after `?`
+            (`crop=random`, `flip=true`, `bad_images=skip`; see
+            `kzoo.data.folders`), or any TFDS name with an `image` feature
+            ("mnist", "cifar10", "celeb_a/...").
         split: split name; for TFDS also slicing expressions ("train[:10%]").
         batch_size: examples per batch, an int >= 1.
         image_size: None keeps the native size; an int >= 8 gives square
             `image_size` images: kzoo_shapes renders at that size, other datasets are
             centre-cropped to a square and resized (bilinear, antialiased). Needed
-            for datasets whose images vary in size.
+            for datasets whose images vary in size (own data always).
         shuffle: shuffle examples (and TFDS files), seeded by `seed`. False keeps
             the split order (and implies `deterministic=True`).
         seed: int seed of every shuffle.
@@ -302,6 +391,15 @@ def _build(
         dataset = dataset.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    if source.augment is not None and "image" in outputs:
+        # After shuffle and repeat: the counter numbers the served examples, so each
+        # epoch sees new crops and flips, and the same ones on every run.
+        def augment(index, example):
+            example = dict(example)
+            example["image"] = source.augment(example["image"], index)
+            return example
+
+        dataset = dataset.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     def finish(batch):
@@ -331,7 +429,8 @@ def load_arrays(
     """Loads a split into numpy: images in [-1, 1] and the other scalar features.
 
     Args:
-        name: dataset name, as for `load`.
+        name: dataset name, as for `load` (own data: centre crops, no flips,
+            whatever its options).
         split: split name, as for `load`.
         num_examples: the first `num_examples` examples; None loads the whole split.
         image_size: as for `load`.
@@ -350,7 +449,7 @@ def load_arrays(
     ((500, 32, 32, 3), (500,))
     """
     _check_common(image_size, num_examples, channels)
-    source = _open(name, split, image_size, data_dir, False, 0, num_examples)
+    source = _open(name, split, image_size, data_dir, False, 0, num_examples, evaluation=True)
     label_keys = sorted(
         key for key, (shape, _) in source.features.items() if key != "image" and shape == ()
     )
@@ -369,6 +468,8 @@ def load_arrays(
         cache=False,
     )
     batches = list(dataset.as_numpy_iterator())
+    if not label_keys:  # a single output comes unwrapped (an unlabelled image folder)
+        batches = [(batch,) for batch in batches]
     images = np.concatenate([batch[0] for batch in batches])
     labels = {}
     for index, key in enumerate(label_keys, start=1):

@@ -286,6 +286,8 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
                 model_config["autoencoder"] = ckpt.load_trained_model(config["autoencoder_workdir"])
             if config.get("text_encoder_workdir"):
                 model_config["text_encoder"] = _frozen_text_encoder(config["text_encoder_workdir"])
+            elif "text_encoder_workdir" in config and "text_encoder" not in model_config:
+                model_config["text_encoder"] = joint_text_encoder(model_config)
             model = build_model(model_config)
             model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
         _build_optimizer_eagerly(model)
@@ -347,6 +349,34 @@ def _frozen_text_encoder(workdir):
         )
     text_encoder.trainable = False
     return text_encoder
+
+
+def joint_text_encoder(model_config):
+    """A new `TextEncoder` to train with a text-to-image model (`text_encoder_workdir=""`).
+
+    Sized as the `clip_shapes` text tower (2 layers, 4 heads; 1 head when 4 does
+    not divide the width), as wide as the denoiser's `context_dim`, for the
+    model's tokenizer (vocabulary size and sequence length).
+    """
+    from kzoo.data.tokenizer import Tokenizer
+    from kzoo.models import TextEncoder
+
+    tokenizer = model_config.get("tokenizer")
+    width = (model_config.get("denoiser") or {}).get("context_dim")
+    if not isinstance(tokenizer, dict) or not width:
+        raise ValueError(
+            "`text_encoder_workdir` may be empty (a text encoder trained jointly) only for a "
+            "text-to-image model: a `tokenizer` dict and a denoiser with `context_dim`. "
+            "Received: text_encoder_workdir=''"
+        )
+    tokenizer = Tokenizer(**tokenizer)
+    return TextEncoder(
+        tokenizer.vocabulary_size,
+        tokenizer.sequence_length,
+        hidden_dim=width,
+        num_layers=2,
+        num_heads=4 if width % 4 == 0 else 1,
+    )
 
 
 def _strategy(config):
