@@ -1,0 +1,76 @@
+"""Convert PyTorch checkpoints to kzoo models: `from_diffusers(folder)` and `convert`.
+
+This package sits on top of kzoo, as `kzoo.export` does: it imports models and
+`diffusion`, and nothing in kzoo imports it. Weights are read with safetensors'
+NumPy API; torch is never imported.
+
+Example:
+```python
+import kzoo.convert
+
+unet = kzoo.convert.from_diffusers("my-ddpm/unet")  # a kzoo.models.UNet
+eps = unet([x_nhwc, timesteps])
+kzoo.convert.convert("my-ddpm", "ddpm.keras")  # a DiffusionModel: fit, generate, export
+```
+"""
+
+import os
+
+from kzoo.convert.diffusers import (
+    find_scheduler_config,
+    from_diffusers,
+    model_folder,
+    schedule_from_diffusers,
+    unet_kwargs,
+)
+
+__all__ = [
+    "convert",
+    "find_scheduler_config",
+    "from_diffusers",
+    "schedule_from_diffusers",
+    "unet_kwargs",
+]
+
+
+def convert(folder, out, image_size=None, denoiser_only=False):
+    """Convert a diffusers checkpoint folder and save it as a `.keras` file.
+
+    The file holds a `kzoo.diffusion.DiffusionModel` around the converted denoiser
+    (so `fit`, `generate` and `kzoo export` work on it), with the noise schedule
+    and prediction type of the folder's `scheduler_config.json` when there is one
+    (`find_scheduler_config`), else DDPM's linear schedule (1e-4 to 0.02 over
+    1000 steps, diffusers' `DDPMScheduler` defaults) and noise prediction. The
+    file is written under a temporary name and renamed.
+
+    Args:
+        folder: a diffusers model folder or pipeline folder (see `from_diffusers`).
+        out: the `.keras` path to write; an existing file is replaced.
+        image_size: see `from_diffusers`.
+        denoiser_only: save the bare converted denoiser instead.
+
+    Returns:
+        `(model, scheduler_config_path_or_None)`: the saved model, and the scheduler
+        config that was used.
+    """
+    import kzoo.diffusion
+
+    if not isinstance(out, str) or not out.endswith(".keras"):
+        raise ValueError(f"`out` must be a path ending in .keras. Received: out={out!r}")
+    denoiser = from_diffusers(folder, image_size=image_size)
+    scheduler_path = None
+    model = denoiser
+    if not denoiser_only:
+        scheduler_path = find_scheduler_config(model_folder(folder))
+        kwargs = schedule_from_diffusers(scheduler_path) if scheduler_path else {}
+        model = kzoo.diffusion.DiffusionModel(denoiser, **kwargs)
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(out)}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return model, scheduler_path
