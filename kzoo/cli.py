@@ -426,7 +426,7 @@ def _cmd_convert(args):
     model, scheduler = convert(
         args.folder, args.out, image_size=args.image_size, denoiser_only=args.denoiser_only
     )
-    if not args.denoiser_only:
+    if type(model).__name__ == "DiffusionModel":
         source = scheduler or "DDPM's linear defaults (no scheduler_config.json found)"
         print(f"Noise schedule and prediction type from {source}")
     print(f"Wrote {args.out} ({type(model).__name__}, {model.count_params():,} parameters)")
@@ -477,7 +477,8 @@ def _cmd_export(args):
         formats=(args.format,),
         quantize=(args.quantize,),
         version=args.version,
-        parity_batch=parity_batch(exportable, config),
+        # A .keras file has no dataset in a config: export_all makes its own batch.
+        parity_batch=None if keras_file else parity_batch(exportable, config),
     )
     result = results[args.format]
     print(format_parity_table([result.parity]))

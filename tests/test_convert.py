@@ -18,7 +18,7 @@ import kzoo.convert.diffusers as diffusers_convert
 from kzoo.cli import main
 from kzoo.convert import from_diffusers
 from kzoo.diffusion import DiffusionModel
-from kzoo.models import UNet
+from kzoo.models import VQVAE, DiT, UNet
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "diffusers")
 # The issue's bar for float32 parity. PyTorch and TF sum convolutions and matmuls in
@@ -66,6 +66,26 @@ def test_unet2dmodel_matches_pytorch(converted, name):
     assert max_error(model, name) < TOLERANCE
 
 
+def test_dit_transformer_matches_pytorch(converted):
+    # DiT-XL/2's layout, tiny: per-block embedders, learned sigma, labels incl. the null id.
+    model = converted("dit")
+    assert isinstance(model, DiT) and model.learn_sigma and model.num_classes == 3
+    assert max_error(model, "dit") < TOLERANCE
+
+
+def test_vqmodel_matches_pytorch(converted):
+    # Encoder latents, the codes chosen, the decoder and the whole autoencoder.
+    model = converted("vqmodel")
+    assert isinstance(model, VQVAE)
+    arrays = np.load(os.path.join(fixture("vqmodel"), "parity.npz"))
+    latents = np.asarray(model.encoder(arrays["x"]))
+    assert np.abs(latents - arrays["latents"]).max() < TOLERANCE
+    np.testing.assert_array_equal(np.asarray(model.encode(arrays["x"])), arrays["indices"])
+    decoded = np.asarray(model.decode(arrays["indices"]))
+    assert np.abs(decoded - arrays["output"]).max() < TOLERANCE
+    assert np.abs(np.asarray(model(arrays["x"])) - arrays["output"]).max() < TOLERANCE
+
+
 def test_converted_layouts_are_the_diffusers_ones(converted):
     attention = converted("unet_attention")
     # attention_head_dim=4 at 8 channels: 2 heads; torch's padding=1 on stride-2 convs.
@@ -87,18 +107,20 @@ def test_converted_layouts_are_the_diffusers_ones(converted):
         ("unet_attention", "attention_head_dim", None),
         ("unet_class", "flip_sin_to_cos", True),
         ("unet_class", "freq_shift", 0),
+        ("dit", "freq_shift", 0),
     ],
 )
 def test_each_layout_option_changes_the_output(monkeypatch, name, option, value):
     # Each conversion choice matters: set one back to kzoo's default and the same
     # weights give a different output. (norm_eps does not show at this size:
-    # 1e-5 vs 1e-6 against group variances of ~1 moves outputs by ~1e-6.)
-    unet_kwargs = diffusers_convert.unet_kwargs
+    # 1e-5 vs 1e-6 against variances of ~1 moves outputs by ~1e-6.)
+    function = "dit_kwargs" if name == "dit" else "unet_kwargs"
+    right_kwargs = getattr(diffusers_convert, function)
 
     def wrong_kwargs(config, image_size=None):
-        return {**unet_kwargs(config, image_size), option: value}
+        return {**right_kwargs(config, image_size), option: value}
 
-    monkeypatch.setattr(diffusers_convert, "unet_kwargs", wrong_kwargs)
+    monkeypatch.setattr(diffusers_convert, function, wrong_kwargs)
     assert max_error(from_diffusers(fixture(name)), name) > 1e-2
 
 
@@ -126,7 +148,7 @@ def test_old_attention_names_convert(tmp_path):
     assert max_error(from_diffusers(str(folder)), "unet_attention") < TOLERANCE
 
 
-def test_default_unet_config_is_unchanged():
+def test_default_configs_are_unchanged():
     # Models saved before the layout options load and describe themselves as before.
     config = UNet(
         image_shape=(8, 8, 3), channels=(4,), num_res_blocks=1, attention_resolutions=(),
@@ -134,6 +156,18 @@ def test_default_unet_config_is_unchanged():
     ).get_config()  # fmt: skip
     for key in ("norm_epsilon", "attention_head_dim", "downsample_padding", "freq_shift"):
         assert key not in config
+    config = DiT(input_shape=(4, 4, 2), hidden_size=8, depth=1, num_heads=2).get_config()
+    for key in ("freq_shift", "mlp_norm_epsilon", "per_block_conditioning"):
+        assert key not in config
+
+
+def test_converted_dit_config_roundtrips(converted):
+    model = converted("dit")
+    config = model.get_config()
+    assert config["per_block_conditioning"] and config["freq_shift"] == 1
+    clone = DiT.from_config(config)
+    clone.set_weights(model.get_weights())
+    assert max_error(clone, "dit") < TOLERANCE
 
 
 def test_converted_unet_fits_and_generates():
@@ -167,6 +201,19 @@ def test_cli_convert_writes_a_diffusion_model_with_the_scheduler(tmp_path, capsy
     assert max_error(model.denoiser, "unet_docs") < TOLERANCE
 
 
+def test_cli_convert_of_dit_and_vqmodel(tmp_path, capsys):
+    # A DiT that also predicts the variance has no DiffusionModel form: a clear error,
+    # and --denoiser-only saves the network; a VQModel is saved as the VQVAE itself.
+    out = str(tmp_path / "dit.keras")
+    assert main(["convert", fixture("dit"), "--out", out]) == 2
+    assert "--denoiser-only" in capsys.readouterr().err
+    assert main(["convert", fixture("dit"), "--out", out, "--denoiser-only"]) == 0
+    assert max_error(keras.saving.load_model(out), "dit") < TOLERANCE
+    out = str(tmp_path / "vq.keras")
+    assert main(["convert", fixture("vqmodel"), "--out", out]) == 0
+    assert isinstance(keras.saving.load_model(out), VQVAE)
+
+
 def test_scheduler_config_maps_schedule_and_prediction(tmp_path):
     path = tmp_path / "scheduler_config.json"
     path.write_text(
@@ -184,10 +231,10 @@ def test_scheduler_config_maps_schedule_and_prediction(tmp_path):
         kzoo.convert.schedule_from_diffusers(str(path))
 
 
-def edited_folder(tmp_path, **changes):
-    """A copy of the unet_docs fixture whose config.json has `changes` applied."""
+def edited_folder(tmp_path, base="unet_docs", **changes):
+    """A copy of the `base` fixture whose config.json has `changes` applied."""
     folder = tmp_path / "edited"
-    shutil.copytree(fixture("unet_docs"), folder)
+    shutil.copytree(fixture(base), folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(changes)
     (folder / "config.json").write_text(json.dumps(config))
@@ -197,6 +244,14 @@ def edited_folder(tmp_path, **changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
+        ({"base": "dit", "norm_type": "ada_norm_single"}, "'norm_type' must be one of"),
+        ({"base": "dit", "out_channels": 5}, "`out_channels` must be 4 or 8"),
+        ({"base": "vqmodel", "norm_type": "spatial"}, "'norm_type' must be one of"),
+        ({"base": "vqmodel", "vq_embed_dim": 8}, "`vq_embed_dim` must be"),
+        (
+            {"base": "vqmodel", "down_block_types": ["AttnDownEncoderBlock2D"] * 2},
+            "'AttnDownEncoderBlock2D' is not supported",
+        ),
         ({"some_new_key": 1}, "'some_new_key' is not supported"),
         ({"time_embedding_type": "fourier"}, "'time_embedding_type' must be one of"),
         ({"class_embed_type": "timestep"}, "'class_embed_type'"),
@@ -224,6 +279,30 @@ def test_weights_the_config_does_not_account_for_are_an_error(tmp_path):
     del tensors["conv_out.bias"]
     save_file(tensors, path)
     with pytest.raises(ValueError, match="conv_out.bias"):
+        from_diffusers(folder)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_weights_convert(tmp_path, dtype):
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    folder = edited_folder(tmp_path)
+    path = os.path.join(folder, diffusers_convert.WEIGHTS_FILE)
+    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    save_file({name: value.astype(half) for name, value in load_file(path).items()}, path)
+    model = from_diffusers(folder)
+    assert all(w.dtype == "float32" for w in model.weights)
+    # The weights rounded to float16 / bfloat16 (relative 5e-4 / 4e-3) move the
+    # outputs (up to 1.6) by 1.0e-3 / 5.8e-3 (measured); a layout error by ~1.
+    assert max_error(model, "unet_docs") < 5e-2
+
+
+def test_unreadable_weights_are_a_clear_error(tmp_path):
+    folder = edited_folder(tmp_path)
+    with open(os.path.join(folder, diffusers_convert.WEIGHTS_FILE), "wb") as f:
+        f.write(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot be read with safetensors"):
         from_diffusers(folder)
 
 

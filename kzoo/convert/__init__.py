@@ -23,6 +23,7 @@ from kzoo.convert.diffusers import (
     schedule_from_diffusers,
     unet_kwargs,
 )
+from kzoo.models.vqvae import VQVAE
 
 __all__ = [
     "convert",
@@ -36,12 +37,14 @@ __all__ = [
 def convert(folder, out, image_size=None, denoiser_only=False):
     """Convert a diffusers checkpoint folder and save it as a `.keras` file.
 
-    The file holds a `kzoo.diffusion.DiffusionModel` around the converted denoiser
-    (so `fit`, `generate` and `kzoo export` work on it), with the noise schedule
+    For a denoiser (`UNet2DModel`, `DiTTransformer2DModel`) the file holds a
+    `kzoo.diffusion.DiffusionModel` around it (so `fit`, `generate` and
+    `kzoo export` work on it), with the noise schedule
     and prediction type of the folder's `scheduler_config.json` when there is one
     (`find_scheduler_config`), else DDPM's linear schedule (1e-4 to 0.02 over
-    1000 steps, diffusers' `DDPMScheduler` defaults) and noise prediction. The
-    file is written under a temporary name and renamed.
+    1000 steps, diffusers' `DDPMScheduler` defaults) and noise prediction. A
+    `VQModel` is saved as the converted `kzoo.models.VQVAE` itself. The file is
+    written under a temporary name and renamed.
 
     Args:
         folder: a diffusers model folder or pipeline folder (see `from_diffusers`).
@@ -60,7 +63,14 @@ def convert(folder, out, image_size=None, denoiser_only=False):
     denoiser = from_diffusers(folder, image_size=image_size)
     scheduler_path = None
     model = denoiser
-    if not denoiser_only:
+    if getattr(denoiser, "learn_sigma", False) and not denoiser_only:
+        raise ValueError(
+            "This DiT also predicts the variance (out_channels = 2 * in_channels), and "
+            "kzoo's DiffusionModel takes a denoiser whose output is shaped like its "
+            "input: convert it with denoiser_only=True (`--denoiser-only`). "
+            f"Received: folder={folder!r}"
+        )
+    if not denoiser_only and not isinstance(denoiser, VQVAE):
         scheduler_path = find_scheduler_config(model_folder(folder))
         kwargs = schedule_from_diffusers(scheduler_path) if scheduler_path else {}
         model = kzoo.diffusion.DiffusionModel(denoiser, **kwargs)

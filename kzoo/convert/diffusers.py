@@ -18,7 +18,12 @@ rather than building a model that computes something else.
 
 Supported: `UNet2DModel` with `DownBlock2D` / `AttnDownBlock2D` / `UpBlock2D` /
 `AttnUpBlock2D` (the DDPM layouts of Ho et al. 2020,
-https://arxiv.org/abs/2006.11239, as ported to diffusers as `google/ddpm-*`).
+https://arxiv.org/abs/2006.11239, as ported to diffusers as `google/ddpm-*`), and
+`DiTTransformer2DModel` (Peebles & Xie 2022, https://arxiv.org/abs/2212.09748, as
+ported to diffusers as `facebook/DiT-XL-2-*`: every block with its own timestep
+and class embedders, `freq_shift=1`, MLP LayerNorm eps `norm_eps`), and `VQModel`
+(the taming-transformers VQGAN autoencoder, Esser et al. 2021,
+https://arxiv.org/abs/2012.09841, as diffusers holds it) to a `kzoo.models.VQVAE`.
 """
 
 import json
@@ -26,7 +31,9 @@ import os
 
 import numpy as np
 
+from kzoo.models.dit import DiT
 from kzoo.models.unet import UNet
+from kzoo.models.vqvae import VQVAE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -141,7 +148,12 @@ def read_config(folder):
 
 
 def read_weights(folder):
-    """`{name: float32 array}` of the folder's safetensors file (NumPy API, no torch)."""
+    """`{name: float32 array}` of the folder's safetensors file (NumPy API, no torch).
+
+    float16 and bfloat16 files are widened to float32 (`ml_dtypes`, which Keras
+    depends on, gives NumPy its bfloat16).
+    """
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy, for BF16 files)
     from safetensors.numpy import load_file
 
     path = os.path.join(folder, WEIGHTS_FILE)
@@ -151,10 +163,10 @@ def read_weights(folder):
         raise FileNotFoundError(f"No {WEIGHTS_FILE} in the folder{hint}. Received: {folder!r}")
     try:
         tensors = load_file(path)
-    except Exception as error:  # a bfloat16 file or a corrupt one
+    except Exception as error:  # a corrupt file, or a dtype NumPy has no form of
         raise ValueError(
             f"{path} cannot be read with safetensors' NumPy API "
-            f"({type(error).__name__}: {str(error)[:200]}); float32 and float16 files work."
+            f"({type(error).__name__}: {str(error)[:200]})."
         ) from None
     return {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
 
@@ -321,6 +333,219 @@ def unet_from_diffusers(config, weights, image_size=None):
     return model
 
 
+# ---------------------------------------------------------- DiTTransformer2DModel
+
+_DIT_KEYS = {
+    "num_attention_heads": None,
+    "attention_head_dim": None,
+    "in_channels": None,
+    "out_channels": None,
+    "num_layers": None,
+    "dropout": (0, 0.0),
+    # Read by diffusers' 2-D transformers without patches only; DiT has no GroupNorm.
+    "norm_num_groups": None,
+    "attention_bias": (True,),
+    "sample_size": None,
+    "patch_size": None,
+    "activation_fn": ("gelu-approximate",),
+    "num_embeds_ada_norm": None,
+    # Precision of the attention scores: kzoo's softmax runs in float32 anyway.
+    "upcast_attention": (False, True),
+    "norm_type": ("ada_norm_zero",),
+    "norm_elementwise_affine": (False,),
+    "norm_eps": None,
+}
+
+
+def dit_kwargs(config, image_size=None):
+    """`kzoo.models.DiT` arguments equivalent to a diffusers `DiTTransformer2DModel` config."""
+    check_keys(config, _DIT_KEYS, "DiTTransformer2DModel")
+    get = config.get
+    in_channels = get("in_channels", 4)
+    out_channels = get("out_channels") or in_channels
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise ValueError(
+            "kzoo's DiT predicts `in_channels` channels, or twice that with the variance: "
+            f"`out_channels` must be {in_channels} or {2 * in_channels}. "
+            f"Received: out_channels={out_channels}"
+        )
+    num_classes = get("num_embeds_ada_norm", 1000)
+    if num_classes is None:
+        raise ValueError(
+            "The DiTTransformer2DModel config key 'num_embeds_ada_norm' must be an integer "
+            "(the class count). Received: num_embeds_ada_norm=None"
+        )
+    height, width = _image_size(image_size if image_size is not None else get("sample_size", 32))
+    heads = get("num_attention_heads", 16)
+    return {
+        "input_shape": (height, width, in_channels),
+        "patch_size": get("patch_size", 2),
+        "hidden_size": heads * get("attention_head_dim", 72),
+        "depth": get("num_layers", 28),
+        "num_heads": heads,
+        "mlp_ratio": 4.0,
+        "num_classes": num_classes,
+        "learn_sigma": out_channels == 2 * in_channels,
+        "freq_shift": 1,
+        "mlp_norm_epsilon": get("norm_eps", 1e-5),
+        "per_block_conditioning": True,
+    }
+
+
+def dit_from_diffusers(config, weights, image_size=None):
+    """A `kzoo.models.DiT` built from a `DiTTransformer2DModel` config, with `weights` loaded."""
+    kwargs = dit_kwargs(config, image_size)
+    model = DiT(**kwargs)
+    loader = _WeightLoader(weights, "DiTTransformer2DModel")
+    layer = model.get_layer
+    loader.conv(layer("patch_embedding").proj, "pos_embed.proj")
+    # The fixed sin-cos positions are not in the file (a non-persistent buffer in
+    # diffusers): kzoo computes the same table (MAE's, at interpolation scale 1).
+    loader.computed(layer("position_embedding").weights)
+    rows = (kwargs["num_classes"] + 1, kwargs["hidden_size"])  # the null row is in the table
+    for index in range(kwargs["depth"]):
+        prefix, suffix = f"transformer_blocks.{index}", f"_block{index}" if index else ""
+        loader.dense(
+            layer("time_embedding_1" + suffix), f"{prefix}.norm1.emb.timestep_embedder.linear_1"
+        )
+        loader.dense(
+            layer("time_embedding_2" + suffix), f"{prefix}.norm1.emb.timestep_embedder.linear_2"
+        )
+        loader.assign(
+            layer("class_embedding" + suffix).embeddings,
+            loader.take(f"{prefix}.norm1.emb.class_embedder.embedding_table.weight", rows),
+        )
+        block = layer(f"block{index}")
+        loader.dense(block.modulation, f"{prefix}.norm1.linear")
+        loader.qkv(block.qkv, f"{prefix}.attn1", ("to_q", "to_k", "to_v"))
+        loader.dense(block.attn_out, f"{prefix}.attn1.to_out.0")
+        loader.dense(block.mlp_in, f"{prefix}.ff.net.0.proj")
+        loader.dense(block.mlp_out, f"{prefix}.ff.net.2")
+    final = layer("final_layer")
+    loader.dense(final.modulation, "proj_out_1")
+    loader.dense(final.linear, "proj_out_2")
+    loader.finish(model)
+    return model
+
+
+# ------------------------------------------------------------------- VQModel
+
+_VQ_KEYS = {
+    "in_channels": None,
+    "out_channels": None,
+    "down_block_types": None,
+    "up_block_types": None,
+    "block_out_channels": None,
+    "layers_per_block": None,
+    "act_fn": ("silu", "swish"),
+    "latent_channels": None,
+    "sample_size": None,
+    "num_vq_embeddings": None,
+    "norm_num_groups": None,
+    "vq_embed_dim": None,
+    # The latent multiplier of diffusion pipelines, not part of the autoencoder:
+    # pass it to DiffusionModel(latent_scale=...) for latent diffusion.
+    "scaling_factor": None,
+    "norm_type": ("group",),
+    "mid_block_add_attention": (True, False),
+    # How `decode` is called (indices or latents), and the decode precision.
+    "lookup_from_codebook": (True, False),
+    "force_upcast": (True, False),
+}
+
+
+def vqvae_kwargs(config, image_size=None):
+    """`kzoo.models.VQVAE` arguments equivalent to a diffusers `VQModel` config."""
+    check_keys(config, _VQ_KEYS, "VQModel")
+    get = config.get
+    channels = tuple(get("block_out_channels", (64,)))
+    for kind, expected in (
+        ("down_block_types", "DownEncoderBlock2D"),
+        ("up_block_types", "UpDecoderBlock2D"),
+    ):
+        types = list(get(kind, (expected,)))
+        unknown = [t for t in types if t != expected]
+        if unknown:
+            raise ValueError(
+                f"The VQModel block type {unknown[0]!r} is not supported by kzoo.convert "
+                f"(supported: {expected!r}). Received: {kind}={types}"
+            )
+        if len(types) != len(channels):
+            raise ValueError(
+                f"`{kind}` must have one entry per `block_out_channels` entry. "
+                f"Received: {kind}={types}, block_out_channels={list(channels)}"
+            )
+    in_channels, out_channels = get("in_channels", 3), get("out_channels", 3)
+    if in_channels != out_channels:
+        raise ValueError(
+            "kzoo's VQVAE reconstructs its input: `in_channels` must equal `out_channels`. "
+            f"Received: in_channels={in_channels}, out_channels={out_channels}"
+        )
+    latent_channels = get("latent_channels", 3)
+    vq_embed_dim = get("vq_embed_dim") or latent_channels
+    if vq_embed_dim != latent_channels:
+        raise ValueError(
+            "kzoo's VQVAE quantizes `latent_channels`-wide vectors: `vq_embed_dim` must be "
+            f"None or {latent_channels}. Received: vq_embed_dim={vq_embed_dim}"
+        )
+    height, width = _image_size(image_size if image_size is not None else get("sample_size", 32))
+    return {
+        "image_shape": (height, width, in_channels),
+        "codebook_size": get("num_vq_embeddings", 256),
+        "embedding_dim": latent_channels,
+        "channels": channels,
+        "num_res_blocks": get("layers_per_block", 1),
+        "norm_groups": get("norm_num_groups", 32),
+        # diffusers' VectorQuantizer(beta=0.25, legacy=True): the same two loss terms.
+        "commitment_cost": 0.25,
+        "attention": get("mid_block_add_attention", True),
+    }
+
+
+def vqvae_from_diffusers(config, weights, image_size=None):
+    """A `kzoo.models.VQVAE` built from a `VQModel` config, with `weights` loaded."""
+    kwargs = vqvae_kwargs(config, image_size)
+    model = VQVAE(**kwargs)
+    loader = _WeightLoader(weights, "VQModel")
+    levels = len(kwargs["channels"])
+    encoder, decoder = model.encoder.get_layer, model.decoder.get_layer
+
+    def middle(get, prefix):
+        loader.resblock(get("mid_res0"), f"{prefix}.mid_block.resnets.0")
+        if kwargs["attention"]:
+            loader.attention(get("mid_attn"), f"{prefix}.mid_block.attentions.0")
+        loader.resblock(get("mid_res1"), f"{prefix}.mid_block.resnets.1")
+
+    loader.conv(encoder("conv_in"), "encoder.conv_in")
+    for level in range(levels):
+        prefix = f"encoder.down_blocks.{level}"
+        for block in range(kwargs["num_res_blocks"]):
+            loader.resblock(encoder(f"down{level}_res{block}"), f"{prefix}.resnets.{block}")
+        if level < levels - 1:
+            loader.conv(encoder(f"down{level}_downsample").conv, f"{prefix}.downsamplers.0.conv")
+    middle(encoder, "encoder")
+    loader.norm(encoder("norm_out"), "encoder.conv_norm_out")
+    loader.conv(encoder("conv_out"), "encoder.conv_out")
+    loader.conv(encoder("quant_conv"), "quant_conv")
+    loader.assign(
+        model.quantizer.codebook,
+        loader.take("quantize.embedding.weight", (kwargs["codebook_size"], None)),
+    )
+    loader.conv(decoder("post_quant_conv"), "post_quant_conv")
+    loader.conv(decoder("conv_in"), "decoder.conv_in")
+    middle(decoder, "decoder")
+    for index in range(levels):
+        level, prefix = levels - 1 - index, f"decoder.up_blocks.{index}"
+        for block in range(kwargs["num_res_blocks"] + 1):
+            loader.resblock(decoder(f"up{level}_res{block}"), f"{prefix}.resnets.{block}")
+        if level > 0:
+            loader.conv(decoder(f"up{level}_upsample").conv, f"{prefix}.upsamplers.0.conv")
+    loader.norm(decoder("norm_out"), "decoder.conv_norm_out")
+    loader.conv(decoder("conv_out"), "decoder.conv_out")
+    loader.finish(model)
+    return model
+
+
 class _WeightLoader:
     """Assigns checkpoint tensors to kzoo variables, converting layouts; tracks what is used."""
 
@@ -358,6 +583,10 @@ class _WeightLoader:
         variable.assign(value)
         self.assigned.add(id(variable))
 
+    def computed(self, variables):
+        """Marks `variables` as computed by kzoo, not read from the checkpoint."""
+        self.assigned.update(id(v) for v in variables)
+
     def conv(self, layer, prefix):
         # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out).
         self.assign(layer.kernel, self.take(f"{prefix}.weight").transpose(2, 3, 1, 0))
@@ -374,7 +603,8 @@ class _WeightLoader:
     def resblock(self, block, prefix):
         self.norm(block.norm1, f"{prefix}.norm1")
         self.conv(block.conv1, f"{prefix}.conv1")
-        self.dense(block.embedding_proj, f"{prefix}.time_emb_proj")
+        if block.embedding_proj is not None:  # autoencoder blocks have no time embedding
+            self.dense(block.embedding_proj, f"{prefix}.time_emb_proj")
         self.norm(block.norm2, f"{prefix}.norm2")
         self.conv(block.conv2, f"{prefix}.conv2")
         if block.skip is not None:
@@ -387,12 +617,15 @@ class _WeightLoader:
         names = ("to_q", "to_k", "to_v", "to_out.0")
         if not self.has(f"{prefix}.to_q.weight"):
             names = ("query", "key", "value", "proj_attn")
-        q, k, v = (self.take(f"{prefix}.{n}.weight").T for n in names[:3])  # (C, C) each
-        q_b, k_b, v_b = (self.take(f"{prefix}.{n}.bias") for n in names[:3])
-        # kzoo's qkv output is [q | k | v], each split into heads as diffusers splits them.
-        self.assign(attention.qkv.kernel, np.concatenate([q, k, v], axis=1))
-        self.assign(attention.qkv.bias, np.concatenate([q_b, k_b, v_b]))
+        self.qkv(attention.qkv, prefix, names[:3])
         self.dense(attention.out, f"{prefix}.{names[3]}")
+
+    def qkv(self, layer, prefix, names):
+        q, k, v = (self.take(f"{prefix}.{n}.weight").T for n in names)  # (C, C) each
+        q_b, k_b, v_b = (self.take(f"{prefix}.{n}.bias") for n in names)
+        # kzoo's qkv output is [q | k | v], each split into heads as diffusers splits them.
+        self.assign(layer.kernel, np.concatenate([q, k, v], axis=1))
+        self.assign(layer.bias, np.concatenate([q_b, k_b, v_b]))
 
     def finish(self, model):
         if self.weights:
@@ -406,7 +639,11 @@ class _WeightLoader:
             raise ValueError(f"No checkpoint tensor for the kzoo weights {missing[:3]}.")
 
 
-_BUILDERS = {"UNet2DModel": unet_from_diffusers}
+_BUILDERS = {
+    "UNet2DModel": unet_from_diffusers,
+    "DiTTransformer2DModel": dit_from_diffusers,
+    "VQModel": vqvae_from_diffusers,
+}
 
 
 # ------------------------------------------------------------------ scheduler
