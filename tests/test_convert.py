@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import kzoo.convert
-import kzoo.convert.diffusers as diffusers_convert
+import kzoo.convert.dit
+import kzoo.convert.unet
 from kzoo.cli import main
 from kzoo.convert import from_diffusers
+from kzoo.convert._common import WEIGHTS_FILE
 from kzoo.diffusion import DiffusionModel
 from kzoo.models import VQVAE, DiT, UNet
 
@@ -114,13 +116,15 @@ def test_each_layout_option_changes_the_output(monkeypatch, name, option, value)
     # Each conversion choice matters: set one back to kzoo's default and the same
     # weights give a different output. (norm_eps does not show at this size:
     # 1e-5 vs 1e-6 against variances of ~1 moves outputs by ~1e-6.)
-    function = "dit_kwargs" if name == "dit" else "unet_kwargs"
-    right_kwargs = getattr(diffusers_convert, function)
+    module, function = (kzoo.convert.dit, "dit_kwargs") if name == "dit" else (
+        kzoo.convert.unet, "unet_kwargs"
+    )  # fmt: skip
+    right_kwargs = getattr(module, function)
 
     def wrong_kwargs(config, image_size=None):
         return {**right_kwargs(config, image_size), option: value}
 
-    monkeypatch.setattr(diffusers_convert, function, wrong_kwargs)
+    monkeypatch.setattr(module, function, wrong_kwargs)
     assert max_error(from_diffusers(fixture(name)), name) > 1e-2
 
 
@@ -131,7 +135,7 @@ def test_old_attention_names_convert(tmp_path):
 
     folder = tmp_path / "old"
     shutil.copytree(fixture("unet_attention"), folder)
-    path = folder / diffusers_convert.WEIGHTS_FILE
+    path = folder / WEIGHTS_FILE
     renames = {
         ".to_q.": ".query.",
         ".to_k.": ".key.",
@@ -271,7 +275,7 @@ def test_weights_the_config_does_not_account_for_are_an_error(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     folder = edited_folder(tmp_path)
-    path = os.path.join(folder, diffusers_convert.WEIGHTS_FILE)
+    path = os.path.join(folder, WEIGHTS_FILE)
     tensors = load_file(path)
     save_file({**tensors, "extra.weight": np.zeros(3, np.float32)}, path)
     with pytest.raises(ValueError, match="extra.weight"):
@@ -288,7 +292,7 @@ def test_half_precision_weights_convert(tmp_path, dtype):
     from safetensors.numpy import load_file, save_file
 
     folder = edited_folder(tmp_path)
-    path = os.path.join(folder, diffusers_convert.WEIGHTS_FILE)
+    path = os.path.join(folder, WEIGHTS_FILE)
     half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
     save_file({name: value.astype(half) for name, value in load_file(path).items()}, path)
     model = from_diffusers(folder)
@@ -300,7 +304,7 @@ def test_half_precision_weights_convert(tmp_path, dtype):
 
 def test_unreadable_weights_are_a_clear_error(tmp_path):
     folder = edited_folder(tmp_path)
-    with open(os.path.join(folder, diffusers_convert.WEIGHTS_FILE), "wb") as f:
+    with open(os.path.join(folder, WEIGHTS_FILE), "wb") as f:
         f.write(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot be read with safetensors"):
         from_diffusers(folder)

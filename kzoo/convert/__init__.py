@@ -16,21 +16,21 @@ kzoo.convert.convert("my-ddpm", "ddpm.keras")  # a DiffusionModel: fit, generate
 
 import os
 
-from kzoo.convert.diffusers import (
-    find_scheduler_config,
-    from_diffusers,
-    model_folder,
-    schedule_from_diffusers,
-    unet_kwargs,
-)
+from kzoo.convert.diffusers import from_diffusers, model_folder
+from kzoo.convert.dit import dit_kwargs
+from kzoo.convert.scheduler import find_scheduler_config, schedule_from_diffusers
+from kzoo.convert.unet import unet_kwargs
+from kzoo.convert.vqmodel import vqvae_kwargs
 from kzoo.models.vqvae import VQVAE
 
 __all__ = [
     "convert",
+    "dit_kwargs",
     "find_scheduler_config",
     "from_diffusers",
     "schedule_from_diffusers",
     "unet_kwargs",
+    "vqvae_kwargs",
 ]
 
 
