@@ -45,7 +45,7 @@ _UNET_KEYS = {
     "add_attention": (True, False),
     "class_embed_type": (None,),
     "num_class_embeds": None,
-    # Only read by time_embedding_type="learned", which is refused above.
+    # Only read with time_embedding_type="learned", which the check above refuses.
     "num_train_timesteps": None,
 }
 
