@@ -1,4 +1,4 @@
-"""`kzoo` command line: recipes, train, evaluate, reconstruct, export, demo.
+"""`kzoo` command line: recipes, train, evaluate, reconstruct, export, convert, demo.
 
 Every user error ends as one line `kzoo: error: ...` and exit status 2; set
 `KZOO_DEBUG=1` to see the traceback.
@@ -90,7 +90,7 @@ def _parser():
     p.set_defaults(handler=_cmd_sample)
 
     p = sub.add_parser("export", help="export a trained workdir to SavedModel or LiteRT")
-    p.add_argument("workdir")
+    p.add_argument("workdir", help="a training workdir, or a .keras file (`kzoo convert`)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--quantize", default="none", choices=QUANTIZE)
     p.add_argument("--out", default="exported")
@@ -102,6 +102,17 @@ def _parser():
         "an existing version is never overwritten",
     )
     p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("convert", help="convert a diffusers checkpoint folder to a .keras file")
+    p.add_argument("folder", help="config.json + diffusion_pytorch_model.safetensors")
+    p.add_argument("--out", required=True, help="the .keras file to write")
+    p.add_argument("--image-size", type=int, help="image height and width (default: sample_size)")
+    p.add_argument(
+        "--denoiser-only",
+        action="store_true",
+        help="save the bare network, not a DiffusionModel around it",
+    )
+    p.set_defaults(handler=_cmd_convert)
 
     p = sub.add_parser("demo", help="train, evaluate, export and check the demo models")
     p.add_argument("--workdir", default=os.path.join("runs", "vqvae_shapes"))
@@ -409,11 +420,36 @@ def _cmd_sample(args):
     print(f"Wrote {path}")
 
 
+def _cmd_convert(args):
+    from kzoo.convert import convert
+
+    model, scheduler = convert(
+        args.folder, args.out, image_size=args.image_size, denoiser_only=args.denoiser_only
+    )
+    if type(model).__name__ == "DiffusionModel":
+        source = scheduler or "DDPM's linear defaults (no scheduler_config.json found)"
+        print(f"Noise schedule and prediction type from {source}")
+    print(f"Wrote {args.out} ({type(model).__name__}, {model.count_params():,} parameters)")
+
+
+def _load_keras_file(path):
+    """A model saved by `kzoo convert` (or `model.save`) for `kzoo export`."""
+    import keras
+
+    import kzoo.diffusion  # noqa: F401  (register kzoo classes for deserialization)
+    import kzoo.models  # noqa: F401
+
+    return keras.saving.load_model(path)
+
+
 def _cmd_export(args):
     from kzoo.export import export_all, format_parity_table
     from kzoo.training import load_trained_model
 
-    config = _workdir_config(args.workdir)
+    keras_file = args.workdir.endswith(".keras") and os.path.isfile(args.workdir)
+    load = _load_keras_file if keras_file else load_trained_model
+    # A single .keras file has no recipe: its export is named after the file.
+    config = {} if keras_file else _workdir_config(args.workdir)
     if args.format == "saved_model" and args.quantize != "none":
         raise ValueError(
             "--quantize applies to LiteRT only. "
@@ -421,12 +457,14 @@ def _cmd_export(args):
         )
     model = None
     name = args.name or config.get("recipe")
+    if keras_file and name is None:
+        name = os.path.basename(args.workdir)[: -len(".keras")]
     if name is None:
-        model = load_trained_model(args.workdir)
+        model = load(args.workdir)
         name = model.name
     _check_new_version(args, name)
     if model is None:
-        model = load_trained_model(args.workdir)
+        model = load(args.workdir)
     exportable = model
     if args.format == "litert" and hasattr(model, "litert_exportable"):
         # LiteRT has no string ops: models with tf.string signatures (DualEncoder,
@@ -439,7 +477,8 @@ def _cmd_export(args):
         formats=(args.format,),
         quantize=(args.quantize,),
         version=args.version,
-        parity_batch=parity_batch(exportable, config),
+        # A .keras file has no dataset in a config: export_all makes its own batch.
+        parity_batch=None if keras_file else parity_batch(exportable, config),
     )
     result = results[args.format]
     print(format_parity_table([result.parity]))

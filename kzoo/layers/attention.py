@@ -20,10 +20,11 @@ class SpatialSelfAttention(keras.layers.Layer):
     Args:
         groups: GroupNorm groups applied before the projections.
         num_heads: attention heads; must divide the channel count.
+        norm_epsilon: epsilon of the GroupNorm.
         **kwargs: base layer arguments.
     """
 
-    def __init__(self, groups=32, num_heads=1, **kwargs):
+    def __init__(self, groups=32, num_heads=1, norm_epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(
@@ -31,7 +32,8 @@ class SpatialSelfAttention(keras.layers.Layer):
             )
         self.groups = groups
         self.num_heads = num_heads
-        self.norm = GroupNorm(groups, dtype=self.dtype_policy, name="norm")
+        self.norm_epsilon = norm_epsilon
+        self.norm = GroupNorm(groups, norm_epsilon, dtype=self.dtype_policy, name="norm")
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -67,5 +69,7 @@ class SpatialSelfAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"groups": self.groups, "num_heads": self.num_heads})
+        config.update(
+            {"groups": self.groups, "num_heads": self.num_heads, "norm_epsilon": self.norm_epsilon}
+        )
         return config

@@ -24,11 +24,11 @@ def modulate(x, shift, scale):
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
-def _modulated_layer_norm(x, shift, scale):
+def _modulated_layer_norm(x, shift, scale, epsilon=LAYER_NORM_EPSILON):
     """Affine-free LayerNorm then `modulate`, all in float32, cast back to `x.dtype`."""
     x32 = ops.cast(x, "float32")
     mean, variance = ops.moments(x32, axes=[-1], keepdims=True)
-    normed = (x32 - mean) * ops.rsqrt(variance + LAYER_NORM_EPSILON)
+    normed = (x32 - mean) * ops.rsqrt(variance + epsilon)
     out = modulate(normed, ops.cast(shift, "float32"), ops.cast(scale, "float32"))
     return ops.cast(out, x.dtype)
 
@@ -48,6 +48,8 @@ class AdaLNZeroBlock(keras.layers.Layer):
         hidden_size: token width `D`.
         num_heads: attention heads; must divide `hidden_size`.
         mlp_ratio: MLP hidden width as a multiple of `hidden_size`.
+        mlp_norm_epsilon: epsilon of the LayerNorm before the MLP (diffusers'
+            `DiTTransformer2DModel` uses its `norm_eps`, 1e-5, there; 1e-6 elsewhere).
         **kwargs: base layer arguments.
 
     `call(tokens, conditioning)`: tokens `(B, N, D)`, conditioning `(B, D)`;
@@ -60,7 +62,9 @@ class AdaLNZeroBlock(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, **kwargs):
+    def __init__(
+        self, hidden_size, num_heads, mlp_ratio=4.0, mlp_norm_epsilon=LAYER_NORM_EPSILON, **kwargs
+    ):
         super().__init__(**kwargs)
         _check_positive_int(hidden_size, "hidden_size")
         _check_positive_int(num_heads, "num_heads")
@@ -74,6 +78,7 @@ class AdaLNZeroBlock(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
+        self.mlp_norm_epsilon = mlp_norm_epsilon
         self.head_dim = hidden_size // num_heads
         mlp_hidden = int(hidden_size * mlp_ratio)
         policy = self.dtype_policy
@@ -112,7 +117,7 @@ class AdaLNZeroBlock(keras.layers.Layer):
         shift1, scale1, gate1, shift2, scale2, gate2 = ops.split(params, 6, axis=-1)
         hidden = self._attention(_modulated_layer_norm(tokens, shift1, scale1))
         tokens = tokens + gate1[:, None, :] * hidden
-        hidden = self.mlp_in(_modulated_layer_norm(tokens, shift2, scale2))
+        hidden = self.mlp_in(_modulated_layer_norm(tokens, shift2, scale2, self.mlp_norm_epsilon))
         hidden = self.mlp_out(ops.gelu(hidden, approximate=True))
         return tokens + gate2[:, None, :] * hidden
 
@@ -126,6 +131,7 @@ class AdaLNZeroBlock(keras.layers.Layer):
                 "hidden_size": self.hidden_size,
                 "num_heads": self.num_heads,
                 "mlp_ratio": self.mlp_ratio,
+                "mlp_norm_epsilon": self.mlp_norm_epsilon,
             }
         )
         return config

@@ -12,6 +12,8 @@ from keras import ops
 
 from kzoo.layers.normalization import GroupNorm
 
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class ResBlock(keras.layers.Layer):
@@ -26,13 +28,17 @@ class ResBlock(keras.layers.Layer):
             group's mean of that bias. True: projected to a scale and a shift applied
             after that GroupNorm, `norm(h) * (1 + scale) + shift` (ADM's AdaGN), so
             the condition modulates every channel past the normalisation.
+        norm_epsilon: epsilon of both GroupNorms (diffusers' `norm_eps`, 1e-5 by
+            default there).
         **kwargs: base layer arguments.
 
     `call(x, embedding=None)`: `embedding` (B, E) is the diffusion time/class
     embedding.
     """
 
-    def __init__(self, filters, groups=32, dropout=0.0, scale_shift=False, **kwargs):
+    def __init__(
+        self, filters, groups=32, dropout=0.0, scale_shift=False, norm_epsilon=1e-6, **kwargs
+    ):
         super().__init__(**kwargs)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
@@ -40,12 +46,16 @@ class ResBlock(keras.layers.Layer):
         self.groups = groups
         self.dropout = dropout
         self.scale_shift = bool(scale_shift)
-        self.norm1 = GroupNorm(groups, activation="silu", dtype=self.dtype_policy, name="norm1")
+        self.norm_epsilon = norm_epsilon
+        self.norm1 = GroupNorm(
+            groups, norm_epsilon, activation="silu", dtype=self.dtype_policy, name="norm1"
+        )
         self.conv1 = keras.layers.Conv2D(
             filters, 3, padding="same", dtype=self.dtype_policy, name="conv1"
         )
         self.norm2 = GroupNorm(
             groups,
+            norm_epsilon,
             # With scale-shift the SiLU comes after the modulation.
             activation=None if self.scale_shift else "silu",
             dtype=self.dtype_policy,
@@ -109,6 +119,7 @@ class ResBlock(keras.layers.Layer):
                 "groups": self.groups,
                 "dropout": self.dropout,
                 "scale_shift": self.scale_shift,
+                "norm_epsilon": self.norm_epsilon,
             }
         )
         return config
@@ -116,26 +127,53 @@ class ResBlock(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class Downsample(keras.layers.Layer):
-    """Halves height and width with a stride-2 3x3 conv."""
+    """Halves height and width with a stride-2 3x3 conv.
 
-    def __init__(self, filters, **kwargs):
+    Args:
+        filters: output channels.
+        padding: `"same"` (TF's: 0 rows/columns before, 1 after on even sizes, as
+            the original TF DDPM code and diffusers' `downsample_padding=0`) or
+            `"symmetric"` (1 on each side, as PyTorch's `padding=1`: diffusers'
+            `Downsample2D` with its default `downsample_padding=1`).
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, filters, padding="same", **kwargs):
         super().__init__(**kwargs)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(
+                f"`padding` must be one of {DOWNSAMPLE_PADDINGS}. Received: padding={padding!r}"
+            )
         self.filters = filters
+        self.padding = padding
         self.conv = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same", dtype=self.dtype_policy, name="conv"
+            filters,
+            3,
+            strides=2,
+            padding="same" if padding == "same" else "valid",
+            dtype=self.dtype_policy,
+            name="conv",
         )
 
     def build(self, input_shape):
         self.conv.build(input_shape)
 
     def call(self, inputs):
+        if self.padding == "symmetric":
+            inputs = ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
         return self.conv(inputs)
 
     def compute_output_shape(self, input_shape):
+        if self.padding == "symmetric":
+            input_shape = (
+                input_shape[0],
+                *(None if size is None else size + 2 for size in input_shape[1:3]),
+                input_shape[3],
+            )
         return self.conv.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
+        return {**super().get_config(), "filters": self.filters, "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package="kzoo")

@@ -8,7 +8,8 @@ embedding with one extra null row for classifier-free guidance, `depth`
 adaLN-Zero blocks (Sec. 3.2), a final adaLN layer and unpatchify. The
 conditioning is `c = t_emb + y_emb`, shared by every block (diffusers'
 `DiTTransformer2DModel` instead gives every block its own embedders, hence its
-39.8M parameters for S/2 against the paper's 33M). The diffusion process (noise
+39.8M parameters for S/2 against the paper's 33M; `per_block_conditioning=True`
+builds that layout, for checkpoints converted by `kzoo.convert`). The diffusion process (noise
 schedule, label dropout for guidance) is not here: see `kzoo.diffusion`.
 """
 
@@ -43,6 +44,13 @@ DIT_SIZES = {
     f"{width}/{patch}": {**config, "patch_size": patch}
     for width, config in _DIT_WIDTHS.items()
     for patch in (2, 4, 8)
+}
+
+# Options for diffusers' DiTTransformer2DModel layout, and their defaults (DiT's code).
+_DIFFUSERS_LAYOUT_DEFAULTS = {
+    "freq_shift": 0,
+    "mlp_norm_epsilon": 1e-6,
+    "per_block_conditioning": False,
 }
 
 # Width of the sinusoidal timestep features fed to the timestep MLP (DiT's
@@ -81,6 +89,14 @@ class DiT(keras.Model):
             (PixArt-alpha's text conditioning, Chen et al. 2023,
             https://arxiv.org/abs/2310.00426, Sec. 2.3), and a projection of
             `pooled` is added to `c` in place of the class embedding.
+        freq_shift: `freq_shift` of the sinusoidal timestep features (0 in DiT's
+            code; diffusers' `DiTTransformer2DModel` uses 1).
+        mlp_norm_epsilon: epsilon of each block's LayerNorm before the MLP
+            (diffusers' `norm_eps`, 1e-5; DiT's code 1e-6).
+        per_block_conditioning: every block computes its own `c` with its own
+            timestep MLP and class table, and the final layer uses the first
+            block's (diffusers' `DiTTransformer2DModel`, whose `AdaLayerNormZero`
+            holds its own `CombinedTimestepLabelEmbeddings`). Needs `num_classes`.
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -102,9 +118,18 @@ class DiT(keras.Model):
         class_dropout_prob=0.1,
         learn_sigma=False,
         context_dim=None,
+        freq_shift=0,
+        mlp_norm_epsilon=1e-6,
+        per_block_conditioning=False,
         **kwargs,
     ):
         input_shape = _check_int_tuple(input_shape, "input_shape", length=3)
+        if per_block_conditioning and (num_classes is None or context_dim is not None):
+            raise ValueError(
+                "`per_block_conditioning` needs class conditioning (diffusers' DiT): set "
+                "`num_classes` and leave `context_dim` None. "
+                f"Received: num_classes={num_classes!r}, context_dim={context_dim!r}"
+            )
         _check_context_dim(context_dim, num_classes)
         _check_positive_int(patch_size, "patch_size")
         _check_positive_int(hidden_size, "hidden_size")
@@ -139,15 +164,11 @@ class DiT(keras.Model):
         # === Layers ===
         patch_embedding = PatchEmbedding(patch_size, hidden_size, name="patch_embedding")
         position_embedding = SinCosPositionEmbedding2D(grid, name="position_embedding")
-        time_proj = SinusoidalTimestepEmbedding(TIMESTEP_FREQUENCY_DIM, name="time_proj")
-        time_dense1 = keras.layers.Dense(
-            hidden_size, kernel_initializer=init, name="time_embedding_1"
-        )
-        time_dense2 = keras.layers.Dense(
-            hidden_size, kernel_initializer=init, name="time_embedding_2"
+        time_proj = SinusoidalTimestepEmbedding(
+            TIMESTEP_FREQUENCY_DIM, freq_shift=freq_shift, name="time_proj"
         )
         blocks = [
-            AdaLNZeroBlock(hidden_size, num_heads, mlp_ratio, name=f"block{i}")
+            AdaLNZeroBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_epsilon, name=f"block{i}")
             for i in range(depth)
         ]
         # float32 output: the eps-MSE is computed at full precision under mixed_float16.
@@ -160,10 +181,22 @@ class DiT(keras.Model):
         timesteps = keras.Input((), dtype="float32", name="timesteps")
         inputs = [latents, timesteps]
         tokens = position_embedding(patch_embedding(latents))  # (B, N, D)
-        conditioning = time_dense2(ops.silu(time_dense1(time_proj(timesteps))))  # (B, D)
+        time_features = time_proj(timesteps)
+        labels = None
         if num_classes is not None:
             labels = keras.Input((), dtype="int32", name="labels")
             inputs.append(labels)
+
+        def embed_conditioning(suffix=""):
+            time_dense1 = keras.layers.Dense(
+                hidden_size, kernel_initializer=init, name="time_embedding_1" + suffix
+            )
+            time_dense2 = keras.layers.Dense(
+                hidden_size, kernel_initializer=init, name="time_embedding_2" + suffix
+            )
+            conditioning = time_dense2(ops.silu(time_dense1(time_features)))  # (B, D)
+            if labels is None:
+                return conditioning
             # One extra row: id `num_classes` is the null class of classifier-free guidance.
             # Rows start at N(0, 1) (torch's nn.Embedding, as in diffusers' DiT), not the
             # paper's N(0, 0.02): at 0.02 the label is as weak as the time embedding, the
@@ -173,9 +206,11 @@ class DiT(keras.Model):
                 num_classes + 1,
                 hidden_size,
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-                name="class_embedding",
+                name="class_embedding" + suffix,
             )
-            conditioning = conditioning + class_embedding(labels)
+            return conditioning + class_embedding(labels)
+
+        conditioning = embed_conditioning()
         cross_attentions = [None] * depth
         if context_dim is not None:
             context, context_mask, pooled = context_inputs(context_dim)
@@ -188,8 +223,15 @@ class DiT(keras.Model):
                 CrossAttention(num_heads, layer_norm_epsilon=1e-6, name=f"cross_attn{i}")
                 for i in range(depth)
             ]
-        for block, cross_attention in zip(blocks, cross_attentions, strict=True):
-            tokens = block(tokens, conditioning)
+        # With per-block conditioning, block 0 and the final layer share the first `c`.
+        block_conditionings = [conditioning] + [
+            embed_conditioning(f"_block{i}") if per_block_conditioning else conditioning
+            for i in range(1, depth)
+        ]
+        for block, cross_attention, block_conditioning in zip(
+            blocks, cross_attentions, block_conditionings, strict=True
+        ):
+            tokens = block(tokens, block_conditioning)
             if cross_attention is not None:
                 tokens = cross_attention(tokens, context, context_mask=context_mask)
         tokens = final_layer(tokens, conditioning)  # (B, N, p*p*C_out)
@@ -217,6 +259,9 @@ class DiT(keras.Model):
         self.class_dropout_prob = class_dropout_prob
         self.learn_sigma = learn_sigma
         self.context_dim = context_dim
+        self.freq_shift = freq_shift
+        self.mlp_norm_epsilon = mlp_norm_epsilon
+        self.per_block_conditioning = per_block_conditioning
 
     @classmethod
     def from_size(cls, size, **kwargs):
@@ -251,6 +296,13 @@ class DiT(keras.Model):
             "class_dropout_prob": self.class_dropout_prob,
             "learn_sigma": self.learn_sigma,
             **({} if self.context_dim is None else {"context_dim": self.context_dim}),
+            # Written only when they differ from the defaults, so configs of earlier
+            # models stay as they were (diffusers' layout, see kzoo.convert).
+            **{
+                key: getattr(self, key)
+                for key, default in _DIFFUSERS_LAYOUT_DEFAULTS.items()
+                if getattr(self, key) != default
+            },
         }
 
     @classmethod

@@ -11,10 +11,13 @@ nearest-neighbour + conv upsampling; time embedding `sinusoidal(channels[0])`,
 cosines first, then Linear-SiLU-Linear to `time_embedding_dim`). With the
 defaults it has exactly the parameters of the `unet_train` peer in
 benchmarks/WORKLOADS.md (8,952,067). One difference in computation, not in
-parameters: `Downsample`'s stride-2 conv pads as TF's "same" (0 before, 1
-after; as the original TF DDPM code), while `UNet2DModel` pads 1 on each side.
-With its padding set the same way, weights ported from diffusers give the same
-outputs to ~2e-6.
+parameters: by default `Downsample`'s stride-2 conv pads as TF's "same" (0
+before, 1 after; as the original TF DDPM code), while `UNet2DModel` pads 1 on
+each side (`downsample_padding="symmetric"` does that). `kzoo.convert.from_diffusers`
+sets this and the other layout options (`norm_epsilon`, `attention_head_dim`,
+`flip_sin_to_cos`, `freq_shift`) from a diffusers config; the converted model
+gives PyTorch's outputs within 1.3e-6 on the test fixtures (tests/test_convert.py)
+and 7.2e-6 at the 35.7M-parameter CIFAR-10 size (benchmarks/convert_parity.py).
 """
 
 import keras
@@ -64,6 +67,15 @@ class UNet(keras.Model):
         scale_shift_norm: inject the time/label embedding as a scale and shift
             after each residual block's second GroupNorm (ADM's AdaGN) instead of
             adding it before that norm; see `kzoo.layers.ResBlock`.
+        norm_epsilon: epsilon of every GroupNorm (diffusers' `norm_eps`).
+        attention_head_dim: None, or the channels per attention head: each
+            attention site then has `its channels // attention_head_dim` heads, in
+            place of `num_heads` (diffusers' `attention_head_dim`).
+        downsample_padding: `"same"` or `"symmetric"`, the padding of the stride-2
+            downsampling convs (see `kzoo.layers.Downsample`).
+        flip_sin_to_cos: cosines first in the sinusoidal time embedding.
+        freq_shift: diffusers' `freq_shift` of the time embedding
+            (see `kzoo.layers.SinusoidalTimestepEmbedding`).
         **kwargs: base `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -91,6 +103,11 @@ class UNet(keras.Model):
         mid_attention=True,
         context_dim=None,
         scale_shift_norm=False,
+        norm_epsilon=1e-6,
+        attention_head_dim=None,
+        downsample_padding="same",
+        flip_sin_to_cos=True,
+        freq_shift=0,
         **kwargs,
     ):
         image_shape = _check_int_tuple(image_shape, "image_shape", length=3)
@@ -105,6 +122,12 @@ class UNet(keras.Model):
         _check_positive_int(num_heads, "num_heads")
         if num_classes is not None:
             _check_positive_int(num_classes, "num_classes")
+        if attention_head_dim is not None:
+            _check_positive_int(attention_head_dim, "attention_head_dim")
+        if not isinstance(norm_epsilon, int | float) or not norm_epsilon > 0:
+            raise ValueError(
+                f"`norm_epsilon` must be a number > 0. Received: norm_epsilon={norm_epsilon!r}"
+            )
         if not isinstance(scale_shift_norm, bool):
             raise ValueError(
                 "`scale_shift_norm` must be True or False. "
@@ -140,10 +163,17 @@ class UNet(keras.Model):
                 f"`num_heads` must divide the channels of every attention level {attended}. "
                 f"Received: num_heads={num_heads!r}"
             )
+        if attention_head_dim is not None and any(c % attention_head_dim for c in attended):
+            raise ValueError(
+                "`attention_head_dim` must divide the channels of every attention level "
+                f"{attended}. Received: attention_head_dim={attention_head_dim!r}"
+            )
 
         # === Layers ===
         groups = norm_groups
-        time_proj = SinusoidalTimestepEmbedding(channels[0], name="time_proj")
+        time_proj = SinusoidalTimestepEmbedding(
+            channels[0], flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift, name="time_proj"
+        )
         time_dense1 = keras.layers.Dense(time_embedding_dim, name="time_embedding_1")
         time_dense2 = keras.layers.Dense(time_embedding_dim, name="time_embedding_2")
         class_embedding = None
@@ -180,7 +210,8 @@ class UNet(keras.Model):
             )
 
         def attention(x, name):
-            x = SpatialSelfAttention(groups, num_heads, name=name)(x)
+            heads = num_heads if attention_head_dim is None else x.shape[-1] // attention_head_dim
+            x = SpatialSelfAttention(groups, heads, norm_epsilon, name=name)(x)
             if context is not None:
                 # Text conditioning at every self-attention site (latent diffusion's
                 # SpatialTransformer: self-attention, then cross-attention).
@@ -195,23 +226,28 @@ class UNet(keras.Model):
             use_attention = level_sizes[level] in attention_resolutions
             for block in range(num_res_blocks):
                 x = ResBlock(
-                    filters, groups, dropout, scale_shift_norm, name=f"down{level}_res{block}"
+                    filters,
+                    groups,
+                    dropout,
+                    scale_shift_norm,
+                    norm_epsilon,
+                    name=f"down{level}_res{block}",
                 )(x, embedding=embedding)
                 if use_attention:
                     x = attention(x, f"down{level}_attn{block}")
                 skips.append(x)
             if level < len(channels) - 1:
-                x = Downsample(filters, name=f"down{level}_downsample")(x)
+                x = Downsample(filters, downsample_padding, name=f"down{level}_downsample")(x)
                 skips.append(x)
 
-        x = ResBlock(channels[-1], groups, dropout, scale_shift_norm, name="mid_res0")(
-            x, embedding=embedding
-        )
+        x = ResBlock(
+            channels[-1], groups, dropout, scale_shift_norm, norm_epsilon, name="mid_res0"
+        )(x, embedding=embedding)
         if mid_attention:
             x = attention(x, "mid_attn")
-        x = ResBlock(channels[-1], groups, dropout, scale_shift_norm, name="mid_res1")(
-            x, embedding=embedding
-        )
+        x = ResBlock(
+            channels[-1], groups, dropout, scale_shift_norm, norm_epsilon, name="mid_res1"
+        )(x, embedding=embedding)
 
         for level in reversed(range(len(channels))):
             filters = channels[level]
@@ -219,14 +255,19 @@ class UNet(keras.Model):
             for block in range(num_res_blocks + 1):
                 x = keras.layers.Concatenate(name=f"up{level}_skip{block}")([x, skips.pop()])
                 x = ResBlock(
-                    filters, groups, dropout, scale_shift_norm, name=f"up{level}_res{block}"
+                    filters,
+                    groups,
+                    dropout,
+                    scale_shift_norm,
+                    norm_epsilon,
+                    name=f"up{level}_res{block}",
                 )(x, embedding=embedding)
                 if use_attention:
                     x = attention(x, f"up{level}_attn{block}")
             if level > 0:
                 x = Upsample(filters, name=f"up{level}_upsample")(x)
 
-        x = GroupNorm(groups, activation="silu", name="norm_out")(x)
+        x = GroupNorm(groups, norm_epsilon, activation="silu", name="norm_out")(x)
         # float32 output: the eps-MSE is computed at full precision under mixed_float16.
         outputs = keras.layers.Conv2D(
             image_shape[-1], 3, padding="same", dtype="float32", name="conv_out"
@@ -248,6 +289,11 @@ class UNet(keras.Model):
         self.mid_attention = mid_attention
         self.context_dim = context_dim
         self.scale_shift_norm = scale_shift_norm
+        self.norm_epsilon = norm_epsilon
+        self.attention_head_dim = attention_head_dim
+        self.downsample_padding = downsample_padding
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.freq_shift = freq_shift
 
     def __call__(self, inputs, *args, **kwargs):
         inputs = standardize_denoiser_inputs(
@@ -272,12 +318,27 @@ class UNet(keras.Model):
             **({} if self.context_dim is None else {"context_dim": self.context_dim}),
             # Written only when set, so configs of earlier models stay as they were.
             **({"scale_shift_norm": True} if self.scale_shift_norm else {}),
+            **{
+                key: getattr(self, key)
+                for key, default in _LAYOUT_DEFAULTS.items()
+                if getattr(self, key) != default
+            },
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
+
+# Layout options of ported checkpoints (kzoo.convert), written to the config only when
+# they differ from these defaults, so configs of earlier models stay as they were.
+_LAYOUT_DEFAULTS = {
+    "norm_epsilon": 1e-6,
+    "attention_head_dim": None,
+    "downsample_padding": "same",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+}
 
 TEXT_INPUTS = ("context", "context_mask", "pooled")
 
