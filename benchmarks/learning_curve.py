@@ -9,6 +9,8 @@ in and scored on the kzoo_shapes **validation** split, one JSON line each:
   fixed (seed 0), DPM-Solver++ 2M with `--nfe` steps and `--guidance-scale`.
 - `kid_mean`, `kid_std`: KID of those samples against `validation[N:]` in the
   classifier's features.
+- `background_share`: the fraction of samples the classifier reads as each
+  background (black, white, gray, blue; 0.25 each in the data).
 - `diagnosis`: per training timestep t, on `--diagnosis-images` validation images
   with fixed noise, the x0 implied by the model's output with the true label, a
   wrong label and the null label: its MSE to the clean image (`mse_true`,
@@ -16,7 +18,9 @@ in and scored on the kzoo_shapes **validation** split, one JSON line each:
   (`shape_true`, `shape_wrong`, `shape_null`; for the wrong label, the fraction
   read as the *true* shape). A condition the model uses shows as mse_true <
   mse_null < mse_wrong; the t where `shape_true` falls towards chance is where the
-  shape is decided.
+  shape is decided. A latent model (`autoencoder_workdir` in the recipe) is
+  diagnosed in its latent space: MSE in scaled latent units, shape read on the
+  decoded x0.
 
 Usage:
     python -m benchmarks.learning_curve RECIPE --steps 4000 --eval-every 1000 \
@@ -56,6 +60,7 @@ class ValidationScorer:
         self.classifier = load_or_train_shapes_classifier(image_size=image_size)
         self.reference = self.classifier.features(images[num_samples:])
         self.num_classes = num_classes
+        self.num_backgrounds = len(shapes.BACKGROUNDS)
         rng = np.random.default_rng(0)
         self.x0 = images[:diagnosis_images]
         self.x0_labels = data["shape"][:diagnosis_images].astype("int32")
@@ -79,6 +84,11 @@ class ValidationScorer:
         )
         wall = time.perf_counter() - t0
         accuracy = self._shape_accuracy(images, self.labels)
+        # The four backgrounds are equally likely in the data; a sampler whose
+        # trajectory collapses towards the mean image draws mostly gray ones.
+        backgrounds = self.classifier.predict_attributes(images)["background"]
+        counts = np.bincount(backgrounds, minlength=self.num_backgrounds)
+        background_share = counts / len(backgrounds)
         kid_mean, kid_std = kernel_inception_distance(
             self.reference, self.classifier.features(images), num_subsets=100, seed=0
         )
@@ -88,6 +98,7 @@ class ValidationScorer:
             "shape_accuracy_se": float(np.sqrt(accuracy * (1 - accuracy) / n)),
             "kid_mean": float(kid_mean),
             "kid_std": float(kid_std),
+            "background_share": [round(float(v), 4) for v in background_share],
             "sample_s": round(wall, 1),
         }, images
 
@@ -98,9 +109,15 @@ class ValidationScorer:
 
         rows = []
         null = np.full_like(self.x0_labels, self.num_classes)
+        # A latent model is diagnosed in its latent space (the clean latents noised with
+        # fixed noise); MSE is then in latent units and the shape is read on the decoded x0.
+        x0, noise = ops.convert_to_tensor(self.x0), self.noise
+        if model.autoencoder is not None:
+            x0 = model._encode(x0) * model._current_latent_scale()
+            noise = np.random.default_rng(1).standard_normal(tuple(x0.shape)).astype("float32")
         for t in DIAGNOSIS_TIMESTEPS:
             timesteps = ops.full((len(self.x0),), t, "int32")
-            x_t = add_noise(model.schedule, ops.convert_to_tensor(self.x0), self.noise, timesteps)
+            x_t = add_noise(model.schedule, x0, noise, timesteps)
             row = {"t": t}
             for name, labels in (
                 ("true", self.x0_labels),
@@ -110,8 +127,12 @@ class ValidationScorer:
                 inputs = [x_t, ops.cast(timesteps, "float32"), ops.convert_to_tensor(labels)]
                 output = model.denoiser(inputs, training=False)
                 x0_hat = predict_x0(model.schedule, output, x_t, timesteps, model.prediction_type)
-                x0_hat = np.clip(np.asarray(x0_hat), -1.0, 1.0)
-                row[f"mse_{name}"] = float(np.mean((x0_hat - self.x0) ** 2))
+                if model.autoencoder is None:
+                    x0_hat = np.clip(np.asarray(x0_hat), -1.0, 1.0)
+                    row[f"mse_{name}"] = float(np.mean((x0_hat - self.x0) ** 2))
+                else:
+                    row[f"mse_{name}"] = float(np.mean((np.asarray(x0_hat) - np.asarray(x0)) ** 2))
+                    x0_hat = np.asarray(model._decode(x0_hat))
                 row[f"shape_{name}"] = self._shape_accuracy(x0_hat, self.x0_labels)
             rows.append(row)
         return rows
@@ -145,7 +166,13 @@ def build_recipe_model(recipe, overrides, steps):
     trainer.validate_config(config)
     keras.mixed_precision.set_global_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
-    model = trainer.build_model(dict(config["model"]))
+    model_config = dict(config["model"])
+    if config.get("autoencoder_workdir"):
+        # Latent diffusion: the frozen autoencoder of another workdir, as `kzoo train` does.
+        from kzoo.training import checkpoint
+
+        model_config["autoencoder"] = checkpoint.load_trained_model(config["autoencoder_workdir"])
+    model = trainer.build_model(model_config)
     model.compile(optimizer=trainer.build_optimizer(config), jit_compile=config["jit_compile"])
     trainer._build_optimizer_eagerly(model)
     return config, model
