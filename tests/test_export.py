@@ -135,13 +135,14 @@ def test_layout_is_tf_serving_plus_litert_sibling(exported):
     assert litert.path == os.path.join(out_dir, "tiny_vq_litert", "1")
     assert saved_model.version == litert.version == 1
     assert sorted(os.listdir(out_dir)) == ["tiny_vq", "tiny_vq_litert"]
-    assert os.listdir(out_dir / "tiny_vq") == ["1"]
+    assert sorted(os.listdir(out_dir / "tiny_vq")) == ["1", "README.md"]  # README: model card
     assert {"saved_model.pb", "variables", "parity.json"} <= set(os.listdir(saved_model.path))
     assert sorted(os.listdir(litert.path)) == [
         "dynamic.tflite",
         "float16.tflite",
         "float32.tflite",
         "parity.json",
+        "signatures.json",
     ]
     assert litert.files["float16"] == os.path.join(litert.path, "float16.tflite")
     assert saved_model.signatures == ["serving_default", "encode", "decode"]
@@ -454,4 +455,6 @@ def test_parity_outside_tolerance_warns_and_is_recorded(model, tmp_path, monkeyp
         os.path.join("tiny_vq_litert", "1"),
         os.path.join("tiny_vq_litert", "1", "float16.tflite"),
         os.path.join("tiny_vq_litert", "1", "parity.json"),
+        os.path.join("tiny_vq_litert", "1", "signatures.json"),
+        os.path.join("tiny_vq_litert", "README.md"),
     ]

@@ -4,7 +4,10 @@ Layout (`out_dir` is what TF Serving's `--model_base_path` parent points at):
 
 ```
 <out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json
-<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json
+<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json,
+                                       signatures.json (+ vocabulary.txt, tokenizer.json)
+<out_dir>/<name>_preset/<version>/     a preset (kzoo.presets: config.json, model.weights.h5, ...)
+<out_dir>/<name>*/README.md            the model card of the latest version (kzoo.export.model_card)
 ```
 
 TF Serving scans `<out_dir>/<name>/` for integer directories only and serves the
@@ -19,15 +22,27 @@ https://keras.io/api/models/model_saving_apis/export/ for `ExportArchive`.
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
 import warnings
 
-from kzoo.export import _core, parity
-from kzoo.export.litert import QUANTIZE_MODES, VARIANT_NAMES, check_quantize, export_litert
+from kzoo import presets
+from kzoo.export import _core, model_card, parity
+from kzoo.export.litert import (
+    QUANTIZE_MODES,
+    SIGNATURES_FILE,
+    VARIANT_NAMES,
+    check_quantize,
+    describe_litert,
+    export_litert,
+)
 
-FORMATS = ("saved_model", "litert")
+FORMATS = ("saved_model", "litert", "preset")
+# What `export_all` writes unless told otherwise (a preset is asked for by name).
+DEFAULT_FORMATS = ("saved_model", "litert")
+PRESET_DIR_SUFFIX = "_preset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,19 +124,23 @@ def export_all(
     model,
     out_dir="exported",
     name=None,
-    formats=FORMATS,
+    formats=DEFAULT_FORMATS,
     quantize=("none", "float16"),
     version=None,
     parity_batch=None,
     check_parity=True,
+    card=None,
 ):
-    """Exports a SavedModel and/or LiteRT files under one version, with parity checks.
+    """Exports a SavedModel, LiteRT files and/or a preset under one version.
+
+    Every format's folder gets a model card, `README.md` next to the versions,
+    rewritten for the version just exported (`kzoo.export.model_card`).
 
     Args:
         model: a built model with `export_endpoints()`.
         out_dir: the base directory.
         name: the export name; default `model.name`.
-        formats: a subset of `("saved_model", "litert")`.
+        formats: a subset of `("saved_model", "litert", "preset")`.
         quantize: LiteRT variants, from `("none", "float16", "dynamic")`; written as
             `float32.tflite`, `float16.tflite`, `dynamic.tflite`.
         version: a positive int free in the folder of every format written; default
@@ -130,6 +149,8 @@ def export_all(
         parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
             default the model's `export_parity_batch()` if it has one, else generated.
         check_parity: set False to skip the parity checks.
+        card: optional model-card facts, `{"recipe", "train_command",
+            "export_command", "evaluation"}` (any subset; see `model_card.model_card`).
 
     Returns:
         `{format: ExportResult}` for each of `formats`.
@@ -147,8 +168,9 @@ def export_all(
     """
     formats = _check_formats(formats)
     quantize = _check_quantize_list(quantize) if "litert" in formats else ()
-    endpoints = _core.get_endpoints(model)
-    if check_parity:
+    # A preset stores weights and config: any Keras model, endpoints or not.
+    endpoints = {} if formats == ("preset",) else _core.get_endpoints(model)
+    if check_parity and endpoints:
         parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
     name = _core.resolve_name(model, name)
@@ -166,6 +188,17 @@ def export_all(
     except BaseException:
         _core.remove_empty_dirs(new_dirs)
         raise
+    text = model_card.model_card(
+        model,
+        name,
+        parity_reports=[r.parity for r in results.values()],
+        signatures={n: e.input_names for n, e in endpoints.items()},
+        **(card or {}),
+    )
+    for fmt, result in results.items():
+        model_card.write_model_card(dirs[fmt], text)
+        if fmt == "preset":  # keras-hub's layout: the card inside the preset too
+            model_card.write_model_card(result.path, text)
     for result in results.values():
         if result.parity is not None and not result.parity["ok"]:
             warnings.warn(
@@ -181,11 +214,22 @@ def export_dirs(out_dir, name):
     return {
         "saved_model": os.path.join(out_dir, name),
         "litert": os.path.join(out_dir, name + _core.LITERT_DIR_SUFFIX),
+        "preset": os.path.join(out_dir, name + PRESET_DIR_SUFFIX),
     }
 
 
 def _export(model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity):
     with _core.temp_dirs() as temps:
+        staged = {}  # format -> (temp dir, files, parity)
+        if "preset" in formats:
+            # Weights are stored as they are (no conversion): no parity to check.
+            preset_dir = _core.make_temp_dir(dirs["preset"])
+            temps.append(preset_dir)
+            os.rmdir(preset_dir)  # save_to_preset creates it (under its own temp name)
+            presets.save_to_preset(model, preset_dir)
+            staged["preset"] = (preset_dir, {}, None)
+            if formats == ("preset",):
+                return _commit(staged, dirs, name, version, list(endpoints))
         if "saved_model" in formats:
             saved_model_dir = _core.make_temp_dir(dirs["saved_model"])
         else:
@@ -197,7 +241,6 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
             signatures.insert(0, _core.DEFAULT_SIGNATURE)
         reference = parity.reference_outputs(model, parity_batch) if check_parity else None
 
-        staged = {}  # format -> (temp dir, files, parity)
         if "saved_model" in formats:
             report = None
             if reference is not None:
@@ -212,6 +255,7 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
                 variant = VARIANT_NAMES[mode]
                 files[variant] = os.path.join(litert_dir, f"{variant}.tflite")
                 export_litert(saved_model_dir, files[variant], quantize=mode)
+            _write_litert_guide(litert_dir, files, endpoints, model)
             report = None
             if reference is not None:
                 report = parity.check_parity(reference, litert_files=files)
@@ -219,6 +263,25 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
             staged["litert"] = (litert_dir, files, report)
 
         return _commit(staged, dirs, name, version, signatures)
+
+
+def _write_litert_guide(litert_dir, files, endpoints, model):
+    """`signatures.json` (and a text model's tokenizer files) beside the `.tflite` files,
+    so an app without Python knows each input's dtype, shape and range."""
+    guide = {
+        "files": {variant: os.path.basename(path) for variant, path in files.items()},
+        "signatures": describe_litert(next(iter(files.values())), endpoints, model),
+    }
+    tokenizers = presets.find_tokenizers(model)
+    if tokenizers:
+        for filename, text in presets.tokenizer_files(tokenizers[0]).items():
+            _core.atomic_write_bytes(os.path.join(litert_dir, filename), text.encode("utf-8"))
+        guide["tokenizer"] = {
+            "vocabulary": presets.VOCABULARY_FILE,
+            "description": presets.TOKENIZER_FILE,
+        }
+    text = json.dumps(guide, indent=2) + "\n"
+    _core.atomic_write_bytes(os.path.join(litert_dir, SIGNATURES_FILE), text.encode("utf-8"))
 
 
 def _commit(staged, dirs, name, version, signatures):

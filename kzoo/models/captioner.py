@@ -35,6 +35,7 @@ from kzoo.models.dual_encoder import (
     _is_host_strings,
     _require_shape,
 )
+from kzoo.presets import PresetMixin
 
 DECODING_METHODS = ("greedy", "top_k")
 # Special token ids of `kzoo.data.tokenizer` (fixed whatever the vocabulary).
@@ -69,7 +70,7 @@ def caption_loss(logits, targets):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Captioner(ImageCaptionPairsMixin, keras.Model):
+class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     """Image-to-text: images in [-1, 1] -> captions, trained with `fit` on `(images, captions)`.
 
     `model((images, captions))` (captions as strings, or the int32 ids of

@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from kzoo.layers import PositionEmbedding, TransformerBlock
+from kzoo.presets import PresetMixin
 
 _MASKED_LOGIT = -1e9
 
@@ -116,7 +117,7 @@ def sample_logits(logits, seed, temperature=1.0, top_k=None):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CodePrior(keras.Model):
+class CodePrior(PresetMixin, keras.Model):
     """Decoder-only transformer prior over flattened VQ code grids: unconditional, class or caption.
 
     `model(tokens)` maps int tokens `(B, T)` (the prefix of `prefix_tokens`, width
@@ -594,7 +595,7 @@ def _summarize(vocabulary):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Generator(keras.Model):
+class Generator(PresetMixin, keras.Model):
     """A `CodePrior` and a VQ tokenizer: labels or captions and a seed in, images out, one endpoint.
 
     Args:

@@ -19,10 +19,11 @@ from kzoo.layers import (
     Upsample,
     VectorQuantizer,
 )
+from kzoo.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class VQVAE(keras.Model):
+class VQVAE(PresetMixin, keras.Model):
     """Vector-quantized autoencoder that trains with plain `fit`.
 
     `model(images)` returns the reconstruction (straight-through through the
