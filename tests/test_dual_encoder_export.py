@@ -1,5 +1,8 @@
 """DualEncoder exports: SavedModel signatures on raw strings and pixels, LiteRT over token ids."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -150,3 +153,17 @@ def test_litert_encoders_over_token_ids_match_keras(model, images, saved_model):
     got = run_litert(float32, "encode_text", {"token_ids": token_ids})["embeddings"]
     np.testing.assert_allclose(got, np.asarray(model.encode_text(TEXT)), atol=1e-5)
     np.testing.assert_array_equal(got[1], 0.0)  # the empty caption
+    # An app needs no Python: the vocabulary, the tokenizer's description and each
+    # input's range lie beside the .tflite file.
+    with open(os.path.join(litert.path, "vocabulary.txt")) as f:
+        vocabulary = f.read().splitlines()
+    assert vocabulary == [str(t) for t in model.tokenizer.get_vocabulary()]
+    with open(os.path.join(litert.path, "signatures.json")) as f:
+        guide = json.load(f)
+    assert guide["tokenizer"] == {"vocabulary": "vocabulary.txt", "description": "tokenizer.json"}
+    token_ids = guide["signatures"]["encode_text"]["inputs"]["token_ids"]
+    assert token_ids["range"] == f"int32 in [0, {len(vocabulary) - 1}] (ids of vocabulary.txt)"
+    with open(os.path.join(litert.path, "tokenizer.json")) as f:
+        description = json.load(f)
+    assert description["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    assert description["sequence_length"] == T

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 
 import keras
@@ -70,9 +71,8 @@ def test_presets_refuse_the_wrong_class_an_existing_dir_and_edited_assets(saved,
         saved["VQVAE"][0].save_to_preset(vqvae_dir)
     with pytest.raises(ValueError, match="missing config.json, model.weights.h5"):
         presets.load_preset(str(tmp_path))
-    model, preset_dir = saved["Captioner"]
     copy = tmp_path / "captioner"
-    model.save_to_preset(str(copy))
+    shutil.copytree(saved["Captioner"][1], copy)
     vocabulary = copy / "assets" / "tokenizer" / "vocabulary.txt"
     vocabulary.write_text(vocabulary.read_text().replace("circle", "ring"))
     with pytest.raises(ValueError, match="differs from the vocabulary in its config.json"):
