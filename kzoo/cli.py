@@ -103,6 +103,12 @@ def _parser():
         help="version number in the format's folder (default: its next free one); "
         "an existing version is never overwritten",
     )
+    p.add_argument(
+        "--serving-config",
+        action="store_true",
+        help="also write OUT/models.config (every SavedModel in OUT, absolute paths) and "
+        "OUT/batching_parameters.txt for tensorflow_model_server",
+    )
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("demo", help="train, evaluate, export and check the demo models")
@@ -456,6 +462,11 @@ def _cmd_export(args):
     if exportable is not model:
         print(f"LiteRT signatures (token ids, no strings): {', '.join(result.signatures)}")
     print(f"Exported to {result.path}")
+    if args.serving_config:
+        from kzoo.export.serving_config import write_serving_config
+
+        for path in write_serving_config(args.out):
+            print(f"Wrote {path}")
 
 
 def _card_facts(args, config):

@@ -69,7 +69,13 @@ def loaded(saved_model):
 
 def test_saved_model_signatures_match_keras_in_a_fresh_process(model, images, saved_model):
     _, result = saved_model
-    assert result.signatures == ["serving_default", "encode_image", "encode_text", "similarity"]
+    assert result.signatures == [
+        "serving_default",
+        "encode_image",
+        "encode_text",
+        "similarity",
+        "encode_image_png",  # encode_image on encoded images (SavedModel only)
+    ]
     text = np.array(TEXT, dtype=np.bytes_)  # bytes, so no pickling is needed
     inputs = {
         "serving_default": {"images": images},

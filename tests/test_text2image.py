@@ -252,7 +252,12 @@ def test_saved_model_generate_from_text_equals_keras_and_enforces_limits(model, 
     assert generate.limits == {"num_steps": (1, MAX_STEPS), "batch": MAX_BATCH}
     result = export_all(model, tmp_path, formats=("saved_model",))
     saved = result["saved_model"]
-    assert saved.signatures == ["serving_default", "generate_from_text", "denoise"]
+    assert saved.signatures == [
+        "serving_default",
+        "generate_from_text",
+        "denoise",
+        "generate_from_text_png",
+    ]
     # The parity check ran the model's own batch (captions with an empty and an
     # over-long one) through the SavedModel in a fresh process without kzoo.
     parity = saved.parity

@@ -1284,6 +1284,13 @@ class DiffusionModel(PresetMixin, keras.Model):
             "denoise": (denoise, denoise_specs),
         }
 
+    def export_png_endpoints(self):
+        """`generate_png` (`generate_from_text_png` for a text model): the same inputs,
+        PNG bytes out (SavedModel only, `kzoo.export.image_bytes`)."""
+        if self.text_conditional:
+            return {"generate_from_text_png": "generate_from_text"}
+        return {"generate_png": "generate"}
+
     def export_parity_batch(self):
         """A fixed, meaningful parity batch for `kzoo.export`: `{endpoint: {input: array}}`.
 

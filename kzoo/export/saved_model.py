@@ -29,7 +29,7 @@ import tempfile
 import warnings
 
 from kzoo import presets
-from kzoo.export import _core, model_card, parity
+from kzoo.export import _core, image_bytes, model_card, parity, warmup
 from kzoo.export.litert import (
     QUANTIZE_MODES,
     SIGNATURES_FILE,
@@ -179,11 +179,22 @@ def export_all(
         _core.check_is_dir(directory)
     version = _core.resolve_version(version, [dirs[f] for f in formats])
 
+    # Encoded-image twins (PNG/JPEG in, PNG out) exist in SavedModels only.
+    twins = image_bytes.png_endpoints(model, endpoints) if "saved_model" in formats else {}
     # Parent dirs this call creates are removed again if the export fails.
     new_dirs = [d for d in (*dirs.values(), out_dir) if not os.path.exists(d)]
     try:
         results = _export(
-            model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity
+            model,
+            endpoints,
+            twins,
+            dirs,
+            name,
+            version,
+            formats,
+            quantize,
+            parity_batch,
+            check_parity,
         )
     except BaseException:
         _core.remove_empty_dirs(new_dirs)
@@ -192,7 +203,10 @@ def export_all(
         model,
         name,
         parity_reports=[r.parity for r in results.values()],
-        signatures={n: e.input_names for n, e in endpoints.items()},
+        signatures={
+            **{n: e.input_names for n, e in endpoints.items()},
+            **{f"{n} (SavedModel only)": e.input_names for n, e in twins.items()},
+        },
         **(card or {}),
     )
     for fmt, result in results.items():
@@ -218,7 +232,9 @@ def export_dirs(out_dir, name):
     }
 
 
-def _export(model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity):
+def _export(
+    model, endpoints, twins, dirs, name, version, formats, quantize, parity_batch, check_parity
+):
     with _core.temp_dirs() as temps:
         staged = {}  # format -> (temp dir, files, parity)
         if "preset" in formats:
@@ -235,7 +251,7 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
         else:
             saved_model_dir = tempfile.mkdtemp(prefix="kzoo-export-")
         temps.append(saved_model_dir)
-        _core.write_saved_model(model, endpoints, saved_model_dir)
+        _core.write_saved_model(model, {**endpoints, **twins}, saved_model_dir)
         signatures = list(endpoints)
         if _core.DEFAULT_SIGNATURE not in endpoints:
             signatures.insert(0, _core.DEFAULT_SIGNATURE)
@@ -246,6 +262,7 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
             if reference is not None:
                 report = parity.check_parity(reference, saved_model_dir=saved_model_dir)
                 parity.write_parity_json(report, saved_model_dir)
+            _write_warmup(saved_model_dir, model, name, endpoints, twins, reference, parity_batch)
             staged["saved_model"] = (saved_model_dir, {}, report)
         if "litert" in formats:
             litert_dir = _core.make_temp_dir(dirs["litert"])
@@ -254,7 +271,9 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
             for mode in quantize:
                 variant = VARIANT_NAMES[mode]
                 files[variant] = os.path.join(litert_dir, f"{variant}.tflite")
-                export_litert(saved_model_dir, files[variant], quantize=mode)
+                export_litert(
+                    saved_model_dir, files[variant], quantize=mode, signature_keys=signatures
+                )
             _write_litert_guide(litert_dir, files, endpoints, model)
             report = None
             if reference is not None:
@@ -262,7 +281,32 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
                 parity.write_parity_json(report, litert_dir)
             staged["litert"] = (litert_dir, files, report)
 
-        return _commit(staged, dirs, name, version, signatures)
+        return _commit(staged, dirs, name, version, signatures, twins)
+
+
+def _write_warmup(saved_model_dir, model, name, endpoints, twins, reference, parity_batch):
+    """`assets.extra/tf_serving_warmup_requests`: one request per signature, from the
+    parity batch, with the Keras outputs as the recorded response (`kzoo.export.warmup`)."""
+    if reference is not None:
+        inputs, outputs = reference.inputs, reference.outputs
+    else:
+        try:
+            inputs, _ = parity.make_parity_batch(
+                model, _core.default_parity_batch(model, parity_batch)
+            )
+        except ValueError as error:  # e.g. an input with a dynamic inner dim, no batch given
+            warnings.warn(f"No warmup requests for {name!r}: {error}", stacklevel=3)
+            return
+        outputs = {n: parity.run_endpoint(e, inputs[n]) for n, e in endpoints.items()}
+    records = [(n, inputs[n], outputs[n]) for n in endpoints]
+    if _core.DEFAULT_SIGNATURE not in endpoints:  # the copy of the first endpoint
+        first = next(iter(endpoints))
+        records.insert(0, (_core.DEFAULT_SIGNATURE, inputs[first], outputs[first]))
+    for twin_name, twin in twins.items():
+        base_name = twin.base_name
+        twin_inputs = image_bytes.encoded_inputs(endpoints[base_name], inputs[base_name])
+        records.append((twin_name, twin_inputs, parity.run_endpoint(twin, twin_inputs)))
+    warmup.write_warmup_requests(saved_model_dir, name, records)
 
 
 def _write_litert_guide(litert_dir, files, endpoints, model):
@@ -284,7 +328,7 @@ def _write_litert_guide(litert_dir, files, endpoints, model):
     _core.atomic_write_bytes(os.path.join(litert_dir, SIGNATURES_FILE), text.encode("utf-8"))
 
 
-def _commit(staged, dirs, name, version, signatures):
+def _commit(staged, dirs, name, version, signatures, twins=()):
     """Renames every staged temp dir into place, undoing earlier renames on failure."""
     results, committed = {}, []
     try:
@@ -298,7 +342,7 @@ def _commit(staged, dirs, name, version, signatures):
                 version=version,
                 path=final,
                 files={k: os.path.join(final, os.path.basename(v)) for k, v in files.items()},
-                signatures=signatures,
+                signatures=signatures + list(twins) if fmt == "saved_model" else signatures,
                 parity=report,
             )
     except BaseException:

@@ -631,6 +631,11 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
             "similarity": (similarity, [image_spec, text_spec]),
         }
 
+    def export_png_endpoints(self):
+        """`encode_image_png`: `encode_image` on `image_bytes` (PNG/JPEG, any size;
+        SavedModel only, `kzoo.export.image_bytes`)."""
+        return {"encode_image_png": "encode_image"}
+
     def export_parity_batch(self):
         """Parity inputs for the string endpoints: captions, an empty and an over-long one."""
         text = np.array(

@@ -232,6 +232,14 @@ class VQVAE(PresetMixin, keras.Model):
             "decode": (lambda indices: {"images": self.decode(indices)}, [index_spec]),
         }
 
+    def export_png_endpoints(self):
+        """Encoded-image twins (SavedModel only, `kzoo.export.image_bytes`).
+
+        `reconstruct_png`: `image_bytes` (PNG/JPEG, any size) -> `png_bytes`; `encode_png`:
+        `image_bytes` -> `indices`.
+        """
+        return {"reconstruct_png": "serving_default", "encode_png": "encode"}
+
     def export_parity_choices(self):
         """The nearest-code choices in the endpoints, so export parity judges near ties.
 
