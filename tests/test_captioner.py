@@ -286,6 +286,14 @@ def test_saved_model_caption_matches_keras_and_litert_step_parity(trained, tmp_p
 
     # Bad requests fail with the shape in the message, not inside the network.
     loaded = tf.saved_model.load(saved.path)
+    # PNG bytes in: the captions of the floats the graph decodes them to (bitwise
+    # `uint8 / 127.5 - 1`), so the same captions.
+    pixels = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8)
+    pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
+    np.testing.assert_array_equal(
+        loaded.signatures["caption_png"](image_bytes=pngs)["captions"],
+        loaded.signatures["caption"](images=pixels.astype(np.float32) / 127.5 - 1)["captions"],
+    )
     for bad, match in (
         (_images(1, shape=(32, 32, 3)), r"\[1,32,32,3\]"),
         (_images(1, shape=(16, 16, 1)), r"\[\?,16,16,3\]"),

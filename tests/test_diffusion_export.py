@@ -167,6 +167,20 @@ def test_whole_generate_loop_runs_in_litert_with_builtins_only(exported):
     np.testing.assert_array_equal(zero["images"], one["images"])
 
 
+def test_generate_png_returns_the_generated_images_as_png(exported):
+    model, results = exported
+    assert results["saved_model"].signatures[-1] == "generate_png"  # SavedModel only
+    assert "generate_png" not in results["litert"].signatures  # LiteRT has no PNG codec
+    signatures = tf.saved_model.load(results["saved_model"].path).signatures
+    request = generate_request(model)
+    images = signatures["generate"](**request)["images"].numpy()
+    png_bytes = signatures["generate_png"](**request)["png_bytes"].numpy()
+    pixels = np.stack([tf.io.decode_png(p).numpy() for p in png_bytes])
+    # The same graph on the same request gives the same floats, so the same uint8.
+    expected = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8)
+    np.testing.assert_array_equal(pixels, expected)
+
+
 # A mixed batch: other labels, step counts, guidance scales and seeds per example.
 MIXED = {
     "labels": np.array([0, 2, 1], np.int32),

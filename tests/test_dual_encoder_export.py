@@ -173,3 +173,14 @@ def test_litert_encoders_over_token_ids_match_keras(model, images, saved_model):
         description = json.load(f)
     assert description["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
     assert description["sequence_length"] == T
+
+
+def test_encode_image_png_embeds_the_decoded_image(loaded):
+    pixels = np.random.default_rng(2).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
+    pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
+    # The floats the graph decodes the PNGs to, bitwise: same inputs, same ops, same batch.
+    floats = pixels.astype(np.float32) / 127.5 - 1
+    np.testing.assert_array_equal(
+        loaded.signatures["encode_image_png"](image_bytes=pngs)["embeddings"],
+        loaded.signatures["encode_image"](images=floats)["embeddings"],
+    )

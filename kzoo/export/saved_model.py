@@ -3,7 +3,8 @@
 Layout (`out_dir` is what TF Serving's `--model_base_path` parent points at):
 
 ```
-<out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json
+<out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json,
+                                       assets.extra/tf_serving_warmup_requests
 <out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json,
                                        signatures.json (+ vocabulary.txt, tokenizer.json)
 <out_dir>/<name>_preset/<version>/     a preset (kzoo.presets: config.json, model.weights.h5, ...)
@@ -80,8 +81,10 @@ def export_saved_model(
 
     One signature per `model.export_endpoints()` entry, with the input spec names as
     input names and the output dict keys as output names (`saved_model_cli show --all`
-    lists them). Parity with Keras is checked in a fresh process and written to
-    `parity.json` in the version directory.
+    lists them), plus the PNG/JPEG twins the model names in `export_png_endpoints()`
+    (`kzoo.export.image_bytes`). Parity with Keras is checked in a fresh process and
+    written to `parity.json` in the version directory; one warmup request per
+    signature goes to `assets.extra/` (`kzoo.export.warmup`).
 
     Args:
         model: a built model with `export_endpoints()`.

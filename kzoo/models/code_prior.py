@@ -45,24 +45,6 @@ def _is_strings(captions):
     return dtype is not None and keras.backend.standardize_dtype(dtype) == "string"
 
 
-def _same_batch(reference, value, name):
-    """`value` (the input `name`), asserted at run time to have `reference`'s batch.
-
-    TF Serving's batching concatenates requests along dimension 0, so every input of
-    an exported signature has one entry per example, and they must agree.
-    """
-    import tensorflow as tf  # an export-time check: the graph raises, not Python
-
-    batch = tf.shape(reference)[0]
-    message = tf.strings.format(
-        f"{name} must have one entry per example ({{}}). Received: {name} of batch {{}}",
-        (batch, tf.shape(value)[0]),
-    )
-    assertion = tf.debugging.Assert(tf.equal(tf.shape(value)[0], batch), [message])
-    with tf.control_dependencies([assertion]):
-        return tf.identity(value)
-
-
 def _check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
@@ -752,11 +734,9 @@ class Generator(PresetMixin, keras.Model):
             captions = keras.InputSpec(shape=(None,), dtype="string", name="captions")
             return {
                 "generate": (
-                    lambda c, s: {
-                        "images": self.generate(captions=c, seed=_same_batch(c, s, "seed"))
-                    },
+                    lambda c, s: {"images": self.generate(captions=c, seed=s)},
                     [captions, seed],
-                    {"batch": self.max_batch},
+                    {"batch": self.max_batch, "same_batch": True},
                 )
             }
         if self.prior.num_classes is None:
@@ -770,9 +750,13 @@ class Generator(PresetMixin, keras.Model):
         labels = keras.InputSpec(shape=(None,), dtype="int32", name="labels")
         return {
             "generate": (
-                lambda y, s: {"images": self.generate(labels=y, seed=_same_batch(y, s, "seed"))},
+                lambda y, s: {"images": self.generate(labels=y, seed=s)},
                 [labels, seed],
-                {"labels": (0, self.prior.num_classes - 1), "batch": self.max_batch},
+                {
+                    "labels": (0, self.prior.num_classes - 1),
+                    "batch": self.max_batch,
+                    "same_batch": True,
+                },
             )
         }
 
