@@ -312,6 +312,7 @@ def test_limits_are_validated():
         ({"batch": 0}, r"Received: limits\['batch'\]=0"),
         ({"steps": (5, 1)}, r"Received: limits\['steps'\]=\(5, 1\)"),
         ({"steps": 3}, r"Received: limits\['steps'\]=3"),
+        ({"same_batch": 1}, r"Received: limits\['same_batch'\]=1"),
     ]
     for limits, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -320,6 +321,8 @@ def test_limits_are_validated():
         _core.get_endpoints(_LimitedModel([1, 2]))
     endpoint = _core.get_endpoints(_LimitedModel({"steps": (0, 9), "batch": 2}))["count"]
     assert endpoint.limits == {"steps": (0, 9), "batch": 2}
+    same = _core.get_endpoints(_LimitedModel({"same_batch": True}))["count"]
+    assert same.limits == {"same_batch": True}
 
 
 def test_model_parity_batch_is_the_default(tmp_path):

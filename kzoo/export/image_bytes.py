@@ -29,6 +29,9 @@ from kzoo.export import _core
 IMAGE_INPUT = "images"
 BYTES_INPUT = "image_bytes"
 IMAGE_OUTPUTS = ("images", "reconstruction")
+# TF Serving's REST API returns a string output base64-encoded (`{"b64": ...}`) only
+# when its name ends in `_bytes` (`kBytesTensorNameSuffix`, json_tensor.cc); other
+# strings go out as UTF-8 text, which PNG bytes are not.
 PNG_OUTPUT = "png_bytes"
 
 
