@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-EXPORT_FORMATS = ("saved_model", "litert")
+EXPORT_FORMATS = ("saved_model", "litert", "preset")
 QUANTIZE = ("none", "float16", "dynamic")
 # Test examples of the autoencoder metrics; a recipe's own `evaluate` keeps its default.
 DEFAULT_EVAL_EXAMPLES = 512
@@ -89,7 +89,9 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_sample)
 
-    p = sub.add_parser("export", help="export a trained workdir to SavedModel or LiteRT")
+    p = sub.add_parser(
+        "export", help="export a trained workdir to SavedModel, LiteRT or a preset (+ model card)"
+    )
     p.add_argument("workdir", help="a training workdir, or a .keras file (`kzoo convert`)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--quantize", default="none", choices=QUANTIZE)
@@ -100,6 +102,12 @@ def _parser():
         type=int,
         help="version number in the format's folder (default: its next free one); "
         "an existing version is never overwritten",
+    )
+    p.add_argument(
+        "--serving-config",
+        action="store_true",
+        help="also write OUT/models.config (every SavedModel in OUT, absolute paths) and "
+        "OUT/batching_parameters.txt for tensorflow_model_server",
     )
     p.set_defaults(handler=_cmd_export)
 
@@ -274,7 +282,13 @@ def _autoencoder_metrics(model, config, num_examples):
 
 
 def _cmd_evaluate(args):
-    print(json.dumps(evaluate(args.workdir, args.num_examples), indent=2))
+    from kzoo.export import _core
+    from kzoo.export.model_card import EVALUATION_FILE
+
+    text = json.dumps(evaluate(args.workdir, args.num_examples), indent=2)
+    # Kept beside the checkpoint: `kzoo export` puts these figures in the model card.
+    _core.atomic_write_bytes(os.path.join(args.workdir, EVALUATION_FILE), (text + "\n").encode())
+    print(text)
 
 
 def reconstruct(workdir, out, num=8):
@@ -450,10 +464,10 @@ def _cmd_export(args):
     load = _load_keras_file if keras_file else load_trained_model
     # A single .keras file has no recipe: its export is named after the file.
     config = {} if keras_file else _workdir_config(args.workdir)
-    if args.format == "saved_model" and args.quantize != "none":
+    if args.format != "litert" and args.quantize != "none":
         raise ValueError(
             "--quantize applies to LiteRT only. "
-            f"Received: --format=saved_model --quantize={args.quantize}"
+            f"Received: --format={args.format} --quantize={args.quantize}"
         )
     model = None
     name = args.name or config.get("recipe")
@@ -471,20 +485,45 @@ def _cmd_export(args):
         # Captioner) export a view of their token-id endpoints, sharing the weights.
         exportable = model.litert_exportable()
     results = export_all(
-        exportable,
+        exportable if args.format != "preset" else model,
         args.out,
         name=name,
         formats=(args.format,),
         quantize=(args.quantize,),
         version=args.version,
         # A .keras file has no dataset in a config: export_all makes its own batch.
-        parity_batch=None if keras_file else parity_batch(exportable, config),
+        parity_batch=None
+        if keras_file or args.format == "preset"
+        else parity_batch(exportable, config),
+        card=_card_facts(args, config),
     )
     result = results[args.format]
-    print(format_parity_table([result.parity]))
+    if result.parity is not None:
+        print(format_parity_table([result.parity]))
     if exportable is not model:
         print(f"LiteRT signatures (token ids, no strings): {', '.join(result.signatures)}")
     print(f"Exported to {result.path}")
+    if args.serving_config:
+        from kzoo.export.serving_config import write_serving_config
+
+        for path in write_serving_config(args.out):
+            print(f"Wrote {path}")
+
+
+def _card_facts(args, config):
+    """What the model card says of the run: recipe, commands, `kzoo evaluate` figures."""
+    from kzoo.export.model_card import read_evaluation
+
+    recipe = config.get("recipe")
+    export = f"kzoo export {args.workdir} --format {args.format}"
+    if args.quantize != "none":
+        export += f" --quantize {args.quantize}"
+    return {
+        "recipe": recipe,
+        "train_command": f"kzoo train {recipe} --workdir {args.workdir}" if recipe else None,
+        "export_command": export,
+        "evaluation": read_evaluation(args.workdir),
+    }
 
 
 def _check_new_version(args, name):

@@ -1,5 +1,8 @@
 """Captioner: teacher forcing, causal decoding, bounded greedy/top-k loops, exports, a short fit."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -264,7 +267,14 @@ def test_saved_model_caption_matches_keras_and_litert_step_parity(trained, tmp_p
     saved = export_all(
         model, tmp_path, name="cap", formats=("saved_model",), parity_batch=parity_batch
     )["saved_model"]
-    assert saved.signatures == ["serving_default", "caption", "encode_image", "next_token_logits"]
+    assert saved.signatures == [
+        "serving_default",
+        "caption",
+        "encode_image",
+        "next_token_logits",
+        "caption_png",  # the same on encoded images (SavedModel only)
+        "encode_image_png",
+    ]
     # The parity check ran the SavedModel in a fresh process (TF and NumPy only): its
     # caption strings and token ids equal the Keras ones on real test images.
     assert saved.parity["ok"], saved.parity
@@ -276,6 +286,14 @@ def test_saved_model_caption_matches_keras_and_litert_step_parity(trained, tmp_p
 
     # Bad requests fail with the shape in the message, not inside the network.
     loaded = tf.saved_model.load(saved.path)
+    # PNG bytes in: the captions of the floats the graph decodes them to (bitwise
+    # `uint8 / 127.5 - 1`), so the same captions.
+    pixels = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8)
+    pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
+    np.testing.assert_array_equal(
+        loaded.signatures["caption_png"](image_bytes=pngs)["captions"],
+        loaded.signatures["caption"](images=pixels.astype(np.float32) / 127.5 - 1)["captions"],
+    )
     for bad, match in (
         (_images(1, shape=(32, 32, 3)), r"\[1,32,32,3\]"),
         (_images(1, shape=(16, 16, 1)), r"\[\?,16,16,3\]"),
@@ -294,21 +312,37 @@ def test_saved_model_caption_matches_keras_and_litert_step_parity(trained, tmp_p
         version=saved.version,
     )["litert"]
     assert litert.parity["ok"], litert.parity
-    # A host loop over the LiteRT step reproduces the greedy captions.
+    # A host loop over the LiteRT step reproduces the greedy captions, with nothing
+    # but the files beside the .tflite: the special ids from tokenizer.json, the
+    # words from vocabulary.txt (line i is id i).
+    with open(os.path.join(litert.path, "tokenizer.json")) as f:
+        special = json.load(f)["special_tokens"]
+    with open(os.path.join(litert.path, "vocabulary.txt"), encoding="utf-8") as f:
+        vocabulary = f.read().splitlines()
+    pad, bos, eos = special["[PAD]"], special["[BOS]"], special["[EOS]"]
     path = litert.files["float32"]
     features = run_litert(path, "encode_image", {"images": images})["image_features"]
-    ids = np.zeros((len(images), L), "int32")
-    ids[:, 0] = 2  # [BOS]
+    ids = np.full((len(images), L), pad, "int32")
+    ids[:, 0] = bos
     done = np.zeros(len(images), bool)
     picked = []
     for position in range(L):
         logits = run_litert(
             path, "next_token_logits", {"image_features": features, "token_ids": ids}
         )["logits"]
-        logits[:, [PAD_ID, 2]] = -np.inf
-        token = np.where(done, PAD_ID, logits.argmax(-1))
+        logits[:, [pad, bos]] = -np.inf
+        token = np.where(done, pad, logits.argmax(-1))
         picked.append(token)
-        done |= token == EOS_ID
+        done |= token == eos
         if position + 1 < L:
             ids[:, position + 1] = token
-    np.testing.assert_array_equal(np.stack(picked, 1), _np(model.generate(images)))
+    picked = np.stack(picked, 1)
+    np.testing.assert_array_equal(picked, _np(model.generate(images)))
+    # Words up to [EOS] (a row without one is all words), joined by single spaces:
+    # the SavedModel's `caption` strings.
+    host_captions = []
+    for row in picked.tolist():
+        words = row[: row.index(eos)] if eos in row else row
+        host_captions.append(" ".join(vocabulary[i] for i in words))
+    served = loaded.signatures["caption"](images=tf.constant(images))["captions"]
+    assert host_captions == [c.decode() for c in served.numpy()]

@@ -85,6 +85,30 @@ def test_sampling_is_deterministic_for_a_seed():
     assert not np.array_equal(first, other)
 
 
+def test_per_example_seeds_give_each_sample_its_draw_alone():
+    """One seed per sample: a sample is the same alone and inside a mixed batch."""
+    prior = tiny_prior(num_layers=1)  # untrained: broad distributions, seeds matter
+    labels, seeds = np.array([0, 2, 1, 2]), [5, 6, 7, 8]
+    mixed = np.asarray(prior.sample(labels=labels, temperature=2.0, seed=seeds))
+    for index in range(len(seeds)):
+        alone = prior.sample(labels=labels[index : index + 1], temperature=2.0, seed=[seeds[index]])
+        np.testing.assert_array_equal(mixed[index : index + 1], np.asarray(alone))
+    # Same label, other seed: another draw (6 codes of 8 at temperature 2).
+    assert not np.array_equal(mixed[1], mixed[3])
+    # Reversed batch order, reversed samples.
+    reversed_ = prior.sample(labels=labels[::-1], temperature=2.0, seed=seeds[::-1])
+    np.testing.assert_array_equal(np.asarray(reversed_), mixed[::-1])
+    # Unconditional: the batch is the number of seeds.
+    unconditional = tiny_prior(num_classes=None, num_layers=1)
+    both = np.asarray(unconditional.sample(temperature=2.0, seed=[1, 2]))
+    assert both.shape == (2, *GRID)
+    np.testing.assert_array_equal(both[1:], unconditional.sample(temperature=2.0, seed=[2]))
+    with pytest.raises(ValueError, match=r"one entry per sample \(4\)"):
+        prior.sample(labels=labels, seed=[1, 2])
+    with pytest.raises(ValueError, match="seed=\\[\\[1\\]\\]"):
+        prior.sample(labels=labels[:1], seed=[[1]])
+
+
 def test_top_k_restricts_samples_and_k1_is_greedy():
     prior = tiny_prior(num_layers=1)  # untrained: broad distributions
     labels = np.array([0, 1, 2, 3, 0, 1])
@@ -193,14 +217,24 @@ def test_generate_endpoint_saved_model_and_step_litert_parity(tmp_path):
     prior = tiny_prior(grid_shape=(4, 4), num_layers=1)
     generator = Generator(prior, tokenizer, top_k=4)
     result = export_saved_model(generator, str(tmp_path / "sm"), check_parity=False)
-    assert result.signatures == ["serving_default", "generate"]
+    assert result.signatures == ["serving_default", "generate", "generate_png"]
     loaded = tf.saved_model.load(result.path)
-    labels = np.array([0, 1, 3], "int32")
-    served = loaded.signatures["generate"](labels=tf.constant(labels), seed=tf.constant(5))
-    expected = np.asarray(generator.generate(labels=labels, seed=5))
-    np.testing.assert_allclose(served["images"].numpy(), expected, atol=1e-4)
+    generate = loaded.signatures["generate"]
+    # Every input per example (TF Serving batches along dimension 0).
+    labels, seeds = np.array([0, 1, 3], "int32"), np.array([5, 6, 7], "int32")
+    served = generate(labels=tf.constant(labels), seed=tf.constant(seeds))["images"].numpy()
+    expected = np.asarray(generator.generate(labels=labels, seed=seeds))
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    for index in range(len(seeds)):
+        alone = generate(labels=labels[index : index + 1], seed=seeds[index : index + 1])
+        # Same codes (same per-example draw), so the same image up to the decoder's
+        # float32 convolutions and norms summing in another order for another batch
+        # size (measured 1.4e-6); another code would move it by O(0.1).
+        np.testing.assert_allclose(served[index : index + 1], alone["images"], rtol=0, atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be in"):
-        loaded.signatures["generate"](labels=tf.constant([9]), seed=tf.constant(0))
+        generate(labels=tf.constant([9]), seed=tf.constant([0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="seed must have one entry per"):
+        generate(labels=tf.constant(labels), seed=tf.constant([0]))
 
     path = export_litert(prior, str(tmp_path / "step.tflite"))
     tokens, _ = prior.prepare_inputs(np.arange(32).reshape(2, 4, 4) % CODEBOOK, [1, 2])
@@ -428,7 +462,8 @@ def test_caption_generate_endpoint_and_step_litert_parity(tmp_path):
     prior = caption_prior(grid_shape=(4, 4), num_layers=1)
     generator = Generator(prior, tiny_tokenizer(), top_k=4, max_batch=4)
     captions = ["a red shape", "", "BLUE green yellow red blue the"]
-    images = np.asarray(generator.generate(captions=captions, seed=2))
+    seeds = np.array([2, 3, 4], "int32")
+    images = np.asarray(generator.generate(captions=captions, seed=seeds))
     assert images.shape == (3, 8, 8, 3) and np.all(np.isfinite(images))
 
     # SavedModel: strings in, tokenized in the graph. Parity in a fresh process on the
@@ -437,17 +472,17 @@ def test_caption_generate_endpoint_and_step_litert_parity(tmp_path):
     saved = export_all(
         generator, str(tmp_path), name="gen", formats=("saved_model",), check_parity=False
     )["saved_model"]
-    assert saved.signatures == ["serving_default", "generate"]
+    assert saved.signatures == ["serving_default", "generate", "generate_png"]
     reference = reference_outputs(generator, generator.export_parity_batch())
     batch = reference.inputs["generate"]
     batch["captions"] = batch["captions"].astype(np.bytes_)
     parity = check_parity(reference, saved_model_dir=saved.path)
     assert parity["ok"] and not parity["saved_model_runner"]["kzoo_modules_loaded"], parity
     loaded = tf.saved_model.load(saved.path)
-    served = loaded.signatures["generate"](captions=tf.constant(captions), seed=tf.constant(2))
+    served = loaded.signatures["generate"](captions=tf.constant(captions), seed=tf.constant(seeds))
     np.testing.assert_allclose(served["images"].numpy(), images, atol=1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="batch of captions must be at most 4"):
-        loaded.signatures["generate"](captions=tf.constant(["red"] * 5), seed=tf.constant(0))
+        loaded.signatures["generate"](captions=tf.constant(["red"] * 5), seed=tf.zeros(5, tf.int32))
 
     # LiteRT: the prior's single step on token ids (parity on the model's own batch).
     litert = export_all(prior, str(tmp_path), name="step", formats=("litert",), quantize="none")

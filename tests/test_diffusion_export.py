@@ -60,9 +60,9 @@ def test_endpoint_contract_inputs_outputs_and_limits():
     assert specs == {
         "noise": ([None, *SHAPE], "float32"),
         "labels": ([None], "int32"),
-        "num_steps": ([], "int32"),
-        "guidance_scale": ([], "float32"),
-        "seed": ([], "int32"),
+        "num_steps": ([None], "int32"),
+        "guidance_scale": ([None], "float32"),
+        "seed": ([None], "int32"),
     }
     assert generate.limits == {
         "num_steps": (1, MAX_STEPS),
@@ -108,21 +108,35 @@ def test_reloaded_saved_model_rejects_requests_outside_the_limits(exported):
     # The caps themselves are accepted.
     at_cap = generate_request(
         model,
-        num_steps=np.int32(MAX_STEPS),
+        num_steps=np.full(MAX_BATCH, MAX_STEPS, np.int32),
         noise=np.zeros((MAX_BATCH, *SHAPE), np.float32),
         labels=np.full((MAX_BATCH,), NUM_CLASSES, np.int32),
+        guidance_scale=np.ones(MAX_BATCH, np.float32),
+        seed=np.zeros(MAX_BATCH, np.int32),
     )
     assert generate(**at_cap)["images"].shape == (MAX_BATCH, *SHAPE)
+    five = {name: np.zeros(5, np.int32) for name in ("labels", "num_steps", "seed")}
     bad_requests = [
-        (dict(num_steps=np.int32(0)), "num_steps must be in [1, 8]. Received: num_steps=0"),
-        (dict(num_steps=np.int32(9)), "num_steps must be in [1, 8]. Received: num_steps=9"),
         (
-            dict(noise=np.zeros((5, *SHAPE), np.float32), labels=np.zeros(5, np.int32)),
+            dict(num_steps=np.array([4, 0], np.int32)),
+            "num_steps must be in [1, 8]. Received: num_steps=[4 0]",
+        ),
+        (
+            dict(num_steps=np.array([9, 1], np.int32)),
+            "num_steps must be in [1, 8]. Received: num_steps=[9 1]",
+        ),
+        (
+            dict(noise=np.zeros((5, *SHAPE), np.float32), **five),
             "The batch of noise must be at most 4. Received: batch=5",
         ),
         (
             dict(labels=np.array([0, 4], np.int32)),
             "labels must be in [0, 3]. Received: labels=[0 4]",
+        ),
+        # TF Serving batches along dimension 0: every input has one entry per example.
+        (
+            dict(seed=np.zeros(3, np.int32)),
+            "seed must have one entry per example (2). Received: seed of batch 3",
         ),
     ]
     for overrides, message in bad_requests:
@@ -139,12 +153,8 @@ def test_whole_generate_loop_runs_in_litert_with_builtins_only(exported):
     expected = model.generate(labels=[0, 2], num_steps=4, guidance_scale=3.0, seed=0)
     np.testing.assert_allclose(images, expected, atol=1e-4)
     # Another step count and batch in the same file: num_steps is a runtime input.
-    three = {
-        **request,
-        "num_steps": np.int32(3),
-        "noise": request["noise"][:1],
-        "labels": request["labels"][:1],
-    }
+    three = {name: value[:1] for name, value in request.items()}
+    three["num_steps"] = np.array([3], np.int32)
     np.testing.assert_allclose(
         run_litert(path, "generate", three)["images"],
         model.generate(labels=[0], num_steps=3, guidance_scale=3.0, seed=0),
@@ -152,19 +162,118 @@ def test_whole_generate_loop_runs_in_litert_with_builtins_only(exported):
     )
     # Documented limitation: the converter drops Assert ops, so LiteRT does not enforce
     # the limits; the sampler clamps num_steps to [1, num_train_timesteps] instead.
-    zero = run_litert(path, "generate", {**request, "num_steps": np.int32(0)})["images"]
-    one = run_litert(path, "generate", {**request, "num_steps": np.int32(1)})["images"]
-    np.testing.assert_array_equal(zero, one)
+    zero = run_litert(path, "generate", {**request, "num_steps": np.zeros(2, np.int32)})
+    one = run_litert(path, "generate", {**request, "num_steps": np.ones(2, np.int32)})
+    np.testing.assert_array_equal(zero["images"], one["images"])
 
 
-def test_stochastic_export_sampler_serves_but_needs_flex_ops_in_litert(tmp_path):
+def test_generate_png_returns_the_generated_images_as_png(exported):
+    model, results = exported
+    assert results["saved_model"].signatures[-1] == "generate_png"  # SavedModel only
+    assert "generate_png" not in results["litert"].signatures  # LiteRT has no PNG codec
+    signatures = tf.saved_model.load(results["saved_model"].path).signatures
+    request = generate_request(model)
+    images = signatures["generate"](**request)["images"].numpy()
+    png_bytes = signatures["generate_png"](**request)["png_bytes"].numpy()
+    pixels = np.stack([tf.io.decode_png(p).numpy() for p in png_bytes])
+    # The same graph on the same request gives the same floats, so the same uint8.
+    expected = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8)
+    np.testing.assert_array_equal(pixels, expected)
+
+
+# A mixed batch: other labels, step counts, guidance scales and seeds per example.
+MIXED = {
+    "labels": np.array([0, 2, 1], np.int32),
+    "num_steps": np.array([4, 2, 7], np.int32),
+    "guidance_scale": np.array([3.0, 1.0, 0.0], np.float32),
+    "seed": np.array([5, 6, 7], np.int32),
+}
+
+
+def mixed_request():
+    # Each example's noise from its own seed, as `generate(seed=[...])` draws it.
+    noise = [np.random.default_rng(s).standard_normal(SHAPE) for s in MIXED["seed"]]
+    return {"noise": np.stack(noise).astype(np.float32), **MIXED}
+
+
+def rows(request, index):
+    return {name: value[index : index + 1] for name, value in request.items()}
+
+
+@pytest.fixture(scope="module")
+def ddpm_saved_model(tmp_path_factory):
     model = make_model(export_sampler="ddpm")
-    saved_model_dir = os.path.join(tmp_path, "ddpm")
+    saved_model_dir = str(tmp_path_factory.mktemp("ddpm"))
     _core.write_saved_model(model, _core.get_endpoints(model), saved_model_dir)
+    return model, saved_model_dir
+
+
+def test_mixed_batch_generate_gives_each_example_its_image_alone(ddpm_saved_model):
+    """DDPM (stochastic, so seeds matter): each row of a mixed batch is that example
+    served alone, and the Python API's single-example (scalar) result."""
+    model, saved_model_dir = ddpm_saved_model
+    generate = tf.saved_model.load(saved_model_dir).signatures["generate"]
+    request = mixed_request()
+    mixed = generate(**request)["images"].numpy()
+    # Tolerance: both sides run the same float32 graph; only the batch size differs,
+    # and oneDNN's kernels may sum a convolution in another order for another batch
+    # (~1e-7 relative per op), over at most 7 steps on images in [-1, 1].
+    # Measured: at most 3e-8.
+    for index in range(len(MIXED["seed"])):
+        alone = generate(**rows(request, index))["images"].numpy()
+        np.testing.assert_allclose(mixed[index : index + 1], alone, rtol=0, atol=1e-6)
+        scalar = model.generate(
+            labels=MIXED["labels"][index : index + 1],
+            num_steps=int(MIXED["num_steps"][index]),
+            guidance_scale=float(MIXED["guidance_scale"][index]),
+            seed=int(MIXED["seed"][index]),
+            sampler="ddpm",
+        )
+        np.testing.assert_allclose(mixed[index : index + 1], scalar, rtol=0, atol=1e-6)
+    # The Python API takes the same per-example lists and gives the same batch.
+    per_example = model.generate(
+        labels=MIXED["labels"],
+        num_steps=MIXED["num_steps"].tolist(),
+        guidance_scale=MIXED["guidance_scale"].tolist(),
+        seed=MIXED["seed"].tolist(),
+        sampler="ddpm",
+    )
+    np.testing.assert_allclose(per_example, mixed, rtol=0, atol=1e-6)
+    # Each example's own count matters: its image at 4 steps differs from the one at 7.
+    four = generate(**{**rows(request, 2), "num_steps": np.array([4], np.int32)})
+    assert np.abs(four["images"].numpy() - mixed[2:]).max() > 1e-2
+    with pytest.raises(ValueError, match=r"one entry per image \(3\)"):
+        model.generate(labels=MIXED["labels"], num_steps=[4, 2])
+    with pytest.raises(ValueError, match=r"Received: num_steps=\[4, 0, 1\]|num_steps=0"):
+        model.generate(labels=MIXED["labels"], num_steps=[4, 0, 1])
+
+
+def test_mixed_batch_runs_in_the_litert_generate_loop(exported):
+    model, results = exported
+    path = results["litert"].files["float32"]
+    request = mixed_request()
+    mixed = run_litert(path, "generate", request)["images"]
+    for index in range(len(MIXED["seed"])):
+        alone = run_litert(path, "generate", rows(request, index))["images"]
+        # Same float32 graph, another batch size (see the SavedModel test above).
+        np.testing.assert_allclose(mixed[index : index + 1], alone, rtol=0, atol=1e-6)
+    expected = model.generate(
+        labels=MIXED["labels"],
+        num_steps=MIXED["num_steps"].tolist(),
+        guidance_scale=MIXED["guidance_scale"].tolist(),
+        seed=MIXED["seed"].tolist(),
+    )
+    # The export parity report's float32 LiteRT limit.
+    np.testing.assert_allclose(mixed, expected, rtol=0, atol=1e-4)
+
+
+def test_stochastic_export_sampler_serves_but_needs_flex_ops_in_litert(ddpm_saved_model, tmp_path):
+    model, saved_model_dir = ddpm_saved_model
     generate = tf.saved_model.load(saved_model_dir).signatures["generate"]
     first = generate(**generate_request(model))["images"].numpy()
     np.testing.assert_array_equal(first, generate(**generate_request(model))["images"].numpy())
-    other_seed = generate(**generate_request(model, seed=np.int32(1)))["images"].numpy()
+    other_seed = generate(**generate_request(model, seed=np.array([2, 3], np.int32)))
+    other_seed = other_seed["images"].numpy()
     assert np.abs(first - other_seed).max() > 1e-3
     # DDPM draws noise in the loop: stateless random ops are not LiteRT builtins.
     with pytest.raises(LiteRTConversionError) as error:
@@ -203,6 +312,7 @@ def test_limits_are_validated():
         ({"batch": 0}, r"Received: limits\['batch'\]=0"),
         ({"steps": (5, 1)}, r"Received: limits\['steps'\]=\(5, 1\)"),
         ({"steps": 3}, r"Received: limits\['steps'\]=3"),
+        ({"same_batch": 1}, r"Received: limits\['same_batch'\]=1"),
     ]
     for limits, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -211,6 +321,8 @@ def test_limits_are_validated():
         _core.get_endpoints(_LimitedModel([1, 2]))
     endpoint = _core.get_endpoints(_LimitedModel({"steps": (0, 9), "batch": 2}))["count"]
     assert endpoint.limits == {"steps": (0, 9), "batch": 2}
+    same = _core.get_endpoints(_LimitedModel({"same_batch": True}))["count"]
+    assert same.limits == {"same_batch": True}
 
 
 def test_model_parity_batch_is_the_default(tmp_path):

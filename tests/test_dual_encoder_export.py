@@ -1,5 +1,8 @@
 """DualEncoder exports: SavedModel signatures on raw strings and pixels, LiteRT over token ids."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,7 +69,13 @@ def loaded(saved_model):
 
 def test_saved_model_signatures_match_keras_in_a_fresh_process(model, images, saved_model):
     _, result = saved_model
-    assert result.signatures == ["serving_default", "encode_image", "encode_text", "similarity"]
+    assert result.signatures == [
+        "serving_default",
+        "encode_image",
+        "encode_text",
+        "similarity",
+        "encode_image_png",  # encode_image on encoded images (SavedModel only)
+    ]
     text = np.array(TEXT, dtype=np.bytes_)  # bytes, so no pickling is needed
     inputs = {
         "serving_default": {"images": images},
@@ -150,3 +159,28 @@ def test_litert_encoders_over_token_ids_match_keras(model, images, saved_model):
     got = run_litert(float32, "encode_text", {"token_ids": token_ids})["embeddings"]
     np.testing.assert_allclose(got, np.asarray(model.encode_text(TEXT)), atol=1e-5)
     np.testing.assert_array_equal(got[1], 0.0)  # the empty caption
+    # An app needs no Python: the vocabulary, the tokenizer's description and each
+    # input's range lie beside the .tflite file.
+    with open(os.path.join(litert.path, "vocabulary.txt")) as f:
+        vocabulary = f.read().splitlines()
+    assert vocabulary == [str(t) for t in model.tokenizer.get_vocabulary()]
+    with open(os.path.join(litert.path, "signatures.json")) as f:
+        guide = json.load(f)
+    assert guide["tokenizer"] == {"vocabulary": "vocabulary.txt", "description": "tokenizer.json"}
+    token_ids = guide["signatures"]["encode_text"]["inputs"]["token_ids"]
+    assert token_ids["range"] == f"int32 in [0, {len(vocabulary) - 1}] (ids of vocabulary.txt)"
+    with open(os.path.join(litert.path, "tokenizer.json")) as f:
+        description = json.load(f)
+    assert description["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    assert description["sequence_length"] == T
+
+
+def test_encode_image_png_embeds_the_decoded_image(loaded):
+    pixels = np.random.default_rng(2).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
+    pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
+    # The floats the graph decodes the PNGs to, bitwise: same inputs, same ops, same batch.
+    floats = pixels.astype(np.float32) / 127.5 - 1
+    np.testing.assert_array_equal(
+        loaded.signatures["encode_image_png"](image_bytes=pngs)["embeddings"],
+        loaded.signatures["encode_image"](images=floats)["embeddings"],
+    )

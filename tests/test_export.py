@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -135,13 +136,14 @@ def test_layout_is_tf_serving_plus_litert_sibling(exported):
     assert litert.path == os.path.join(out_dir, "tiny_vq_litert", "1")
     assert saved_model.version == litert.version == 1
     assert sorted(os.listdir(out_dir)) == ["tiny_vq", "tiny_vq_litert"]
-    assert os.listdir(out_dir / "tiny_vq") == ["1"]
+    assert sorted(os.listdir(out_dir / "tiny_vq")) == ["1", "README.md"]  # README: model card
     assert {"saved_model.pb", "variables", "parity.json"} <= set(os.listdir(saved_model.path))
     assert sorted(os.listdir(litert.path)) == [
         "dynamic.tflite",
         "float16.tflite",
         "float32.tflite",
         "parity.json",
+        "signatures.json",
     ]
     assert litert.files["float16"] == os.path.join(litert.path, "float16.tflite")
     assert saved_model.signatures == ["serving_default", "encode", "decode"]
@@ -151,6 +153,38 @@ def test_layout_is_tf_serving_plus_litert_sibling(exported):
     # Quantized weights are smaller than float32 ones.
     sizes = {k: os.path.getsize(v) for k, v in litert.files.items()}
     assert sizes["float16"] < sizes["float32"] and sizes["dynamic"] < sizes["float32"]
+
+
+def test_litert_export_writes_signatures_json_and_a_card_with_parity(exported):
+    out_dir, results = exported
+    litert = results["litert"]
+    with open(os.path.join(litert.path, "signatures.json")) as f:
+        guide = json.load(f)
+    assert guide["files"] == {
+        "float32": "float32.tflite",
+        "float16": "float16.tflite",
+        "dynamic": "dynamic.tflite",
+    }
+    encode = guide["signatures"]["encode"]
+    assert encode["inputs"]["images"] == {
+        "shape": [-1, 8, 8, 3],
+        "dtype": "float32",
+        "range": "float32 in [-1, 1]",
+    }
+    indices = guide["signatures"]["decode"]["inputs"]["indices"]
+    assert indices["dtype"] == "int32" and indices["range"] == "int32 in [0, 15]"
+    assert "tokenizer" not in guide  # an image model has no vocabulary
+    # The same card beside every format's versions: this export's parity table and
+    # the signatures with their inputs.
+    with open(os.path.join(out_dir, "tiny_vq_litert", "README.md")) as f:
+        card = f.read()
+    with open(os.path.join(out_dir, "tiny_vq", "README.md")) as f:
+        assert f.read() == card
+    table = format_parity_table([results["saved_model"].parity, litert.parity])
+    assert table in card
+    assert re.search(r"litert/float32\s+encode\s+indices\s+index_agreement", card)
+    assert "- `decode`: `indices`" in card
+    assert "No `evaluation.json`" in card  # exported from Python, no workdir
 
 
 def test_saved_model_cli_lists_all_signatures(exported):
@@ -454,4 +488,6 @@ def test_parity_outside_tolerance_warns_and_is_recorded(model, tmp_path, monkeyp
         os.path.join("tiny_vq_litert", "1"),
         os.path.join("tiny_vq_litert", "1", "float16.tflite"),
         os.path.join("tiny_vq_litert", "1", "parity.json"),
+        os.path.join("tiny_vq_litert", "1", "signatures.json"),
+        os.path.join("tiny_vq_litert", "README.md"),
     ]

@@ -252,7 +252,12 @@ def test_saved_model_generate_from_text_equals_keras_and_enforces_limits(model, 
     assert generate.limits == {"num_steps": (1, MAX_STEPS), "batch": MAX_BATCH}
     result = export_all(model, tmp_path, formats=("saved_model",))
     saved = result["saved_model"]
-    assert saved.signatures == ["serving_default", "generate_from_text", "denoise"]
+    assert saved.signatures == [
+        "serving_default",
+        "generate_from_text",
+        "denoise",
+        "generate_from_text_png",
+    ]
     # The parity check ran the model's own batch (captions with an empty and an
     # over-long one) through the SavedModel in a fresh process without kzoo.
     parity = saved.parity
@@ -265,29 +270,32 @@ def test_saved_model_generate_from_text_equals_keras_and_enforces_limits(model, 
     serve = tf.saved_model.load(saved.path).signatures["generate_from_text"]
 
     def request(captions=("a red circle",), num_steps=2):
+        # Every input is per-example (TF Serving batches along dimension 0).
+        batch = np.shape(captions)[0]
         return serve(
             captions=tf.constant(captions),
-            num_steps=tf.constant(num_steps, tf.int32),
-            guidance_scale=tf.constant(3.0),
-            seed=tf.constant(0),
+            num_steps=tf.fill([batch], tf.constant(num_steps, tf.int32)),
+            guidance_scale=tf.fill([batch], 3.0),
+            seed=tf.range(batch, dtype=tf.int32),
         )
 
+    seeds = list(range(len(captions)))
     keras_images = model.generate_from_text(
-        [c.decode() for c in captions], num_steps=4, guidance_scale=3.0, seed=0
+        [c.decode() for c in captions], num_steps=4, guidance_scale=3.0, seed=seeds
     )
     served = request(captions=captions, num_steps=4)["images"]
     np.testing.assert_allclose(served, keras_images, atol=1e-4)
-    # An over-long caption is its first LENGTH words.
+    # An over-long caption is its first LENGTH words; alone, with its own seed, it
+    # gives the image it gave inside the batch.
     truncated = " ".join(LONG_CAPTION.split()[:LENGTH])
-    same_batch = [c.decode() for c in captions[:-1]] + [truncated]
     np.testing.assert_allclose(
-        model.generate_from_text(same_batch, num_steps=4, guidance_scale=3.0, seed=0)[-1],
-        keras_images[-1],
+        model.generate_from_text([truncated], num_steps=4, guidance_scale=3.0, seed=seeds[-1:]),
+        keras_images[-1:],
         atol=1e-5,
     )
     assert request(captions=("", "", "", ""))["images"].shape == (MAX_BATCH, *SHAPE)
     for kwargs, match in (
-        (dict(num_steps=9), r"num_steps must be in \[1, 8\]. Received: num_steps=9"),
+        (dict(num_steps=9), r"num_steps must be in \[1, 8\]. Received: num_steps=\[9\]"),
         (dict(captions=("a",) * 5), "batch of captions must be at most 4"),
         (dict(captions=[["a ring"]]), r"\[1,1\] is not compatible with expected shape \[\?\]"),
     ):

@@ -49,6 +49,7 @@ from kzoo.diffusion.schedules import (
     validate_prediction_type,
 )
 from kzoo.layers._trainable import apply_trainable_flag
+from kzoo.presets import PresetMixin
 
 # Inputs of the exported `generate` endpoint, in signature order (labels and
 # guidance_scale only for class-conditional models).
@@ -61,6 +62,7 @@ _TEXT_NOISE_STREAM = 1
 PARITY_NUM_STEPS = 4
 PARITY_GUIDANCE_SCALE = 3.0
 PARITY_BATCH_SIZE = 2
+_SEED_MODULUS = 2**31 - 1
 
 
 def _is_int(value):
@@ -69,6 +71,72 @@ def _is_int(value):
 
 def _is_number(value):
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _check_seed(seed):
+    if not _is_int(seed):
+        raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+    return int(seed)
+
+
+def _per_example_arg(name, value, num_images, check):
+    """`check(value)` for a scalar; for a 1-D sequence of `num_images` entries, the
+    list of `check(entry)`."""
+    if not isinstance(value, list | tuple | np.ndarray):
+        return check(value)
+    values = np.asarray(value)
+    if values.ndim != 1 or values.size != num_images:
+        raise ValueError(
+            f"`{name}` must be a scalar or a 1-D sequence with one entry per image "
+            f"({num_images}). Received: {name}={value!r}"
+        )
+    return [check(v) for v in values.tolist()]
+
+
+def _per_example_kinds(*values):
+    return tuple(isinstance(value, list) for value in values)
+
+
+def _chunk_sampling_args(num_steps, guidance_scale, seed, index, start, stop):
+    """`(num_steps, guidance_scale, seed)` of chunk `index` (`[start, stop)`) as arrays.
+
+    Scalars stay scalars (chunk `i` of a scalar seed uses `seed + i`, as before
+    per-example values existed); per-example lists are sliced.
+    """
+    if isinstance(num_steps, list):
+        num_steps = np.asarray(num_steps[start:stop], np.int32)
+    else:
+        num_steps = np.int32(num_steps)
+    if isinstance(guidance_scale, list):
+        guidance_scale = np.asarray(guidance_scale[start:stop], np.float32)
+    elif guidance_scale is not None:
+        guidance_scale = np.float32(guidance_scale)
+    if isinstance(seed, list):
+        seed = np.asarray(seed[start:stop], np.int64) % _SEED_MODULUS
+        seed = seed.astype(np.int32)
+    else:
+        seed = np.int32((seed + index) % _SEED_MODULUS)
+    return num_steps, guidance_scale, seed
+
+
+def _same_batch(reference, named):
+    """`named`'s tensors, after asserting each has `reference`'s batch size.
+
+    TF Serving's batching concatenates requests along dimension 0, so every input
+    is per-example and all must agree.
+    """
+    tf = _tensorflow()
+    batch = tf.shape(reference)[0]
+    checked = []
+    for name, value in named.items():
+        message = tf.strings.format(
+            f"{name} must have one entry per example ({{}}). Received: {name} of batch {{}}",
+            (batch, tf.shape(value)[0]),
+        )
+        assertion = tf.debugging.Assert(tf.equal(tf.shape(value)[0], batch), [message])
+        with tf.control_dependencies([assertion]):
+            checked.append(tf.identity(value))
+    return checked
 
 
 def _tensorflow():
@@ -205,7 +273,7 @@ class _Cache:
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DiffusionModel(keras.Model):
+class DiffusionModel(PresetMixin, keras.Model):
     """A diffusion model around any denoiser: `fit` on images, `generate`, export.
 
     `fit` takes a dataset of images in [-1, 1] or of `(images, labels)` pairs
@@ -763,11 +831,22 @@ class DiffusionModel(keras.Model):
     def _text_generate_graph(self, sampler, token_ids, num_steps, guidance_scale, seed):
         """`_generate_graph` with the initial noise drawn in the graph from `seed`."""
         tf = _tensorflow()
-        batch = tf.shape(token_ids)[0]
-        noise = tf.random.stateless_normal(
-            tf.concat([[batch], tf.constant(self.sample_shape, tf.int32)], axis=0),
-            seed=tf.stack([tf.cast(seed, tf.int32), _TEXT_NOISE_STREAM]),
-        )
+        seed = tf.cast(seed, tf.int32)
+        if seed.shape.rank == 1:
+            # Per-example seeds: each example's noise is its own draw, whatever the batch.
+            noise = tf.map_fn(
+                lambda s: tf.random.stateless_normal(
+                    self.sample_shape, seed=tf.stack([s, _TEXT_NOISE_STREAM])
+                ),
+                seed,
+                fn_output_signature=tf.float32,
+            )
+        else:
+            batch = tf.shape(token_ids)[0]
+            noise = tf.random.stateless_normal(
+                tf.concat([[batch], tf.constant(self.sample_shape, tf.int32)], axis=0),
+                seed=tf.stack([seed, _TEXT_NOISE_STREAM]),
+            )
         return self._generate_graph(sampler, noise, token_ids, num_steps, guidance_scale, seed)
 
     def _check_guidance(self, guidance_scale):
@@ -843,9 +922,26 @@ class DiffusionModel(keras.Model):
             )
         return int(num_steps)
 
-    def _compiled_generate(self, sampler, guided, jit_compile):
+    def _check_sampling_args(self, num_steps, guidance_scale, seed, num_images):
+        """Checks `num_steps`, `guidance_scale` and `seed`: each a scalar, or a 1-D
+        sequence with one entry per image (returned as a list)."""
+        num_steps = _per_example_arg("num_steps", num_steps, num_images, self._check_num_steps)
+        guidance_scale = _per_example_arg(
+            "guidance_scale", guidance_scale, num_images, self._check_guidance
+        )
+        if isinstance(guidance_scale, list) and None in guidance_scale:
+            raise ValueError(
+                "`guidance_scale` must be None or finite numbers. "
+                f"Received: guidance_scale={guidance_scale!r}"
+            )
+        seed = _per_example_arg("seed", seed, num_images, _check_seed)
+        return num_steps, guidance_scale, seed
+
+    def _compiled_generate(self, sampler, guided, jit_compile, per_example):
         functions = self._cache.generate_functions
-        key = (id(sampler), guided, bool(jit_compile))
+        # Scalar and per-example arguments get separate functions: retracing one for
+        # the other would relax their shapes to an unknown rank.
+        key = (id(sampler), guided, bool(jit_compile), per_example)
         if key not in functions:
 
             def fn(noise, labels, num_steps, guidance_scale, seed):
@@ -874,13 +970,17 @@ class DiffusionModel(keras.Model):
                 model without `labels` cycles through the classes.
             labels: 1-D ints in `[0, num_classes]` (`num_classes` is the null class:
                 unconditional samples), class-conditional models only.
-            num_steps: sampler steps, in `[1, num_train_timesteps]`.
+            num_steps: sampler steps, in `[1, num_train_timesteps]`, or one count
+                per image (a 1-D sequence): each image steps on its own table.
             sampler: `"ddim"`, `"ddpm"`, `"dpmpp_2m"`, `"euler"`, `"heun"` or a
                 `Sampler` built with the model's schedule and prediction type.
             guidance_scale: None (plain conditional sampling) or the classifier-free
-                guidance scale `w` (1: conditional, 0: unconditional, > 1: stronger);
-                needs a class-conditional model trained with `class_dropout_prob > 0`.
-            seed: int seed of the initial noise and of stochastic samplers' noise.
+                guidance scale `w` (1: conditional, 0: unconditional, > 1: stronger),
+                or one scale per image; needs a class-conditional model trained with
+                `class_dropout_prob > 0`.
+            seed: int seed of the initial noise and of stochastic samplers' noise,
+                or one seed per image (a 1-D sequence): each image's noise is then
+                its own draw, the same whatever else is in the batch.
             jit_compile: compile the loop with XLA.
 
         Returns:
@@ -915,26 +1015,33 @@ class DiffusionModel(keras.Model):
                 jit_compile=jit_compile,
             )
         num_images, labels = self._check_labels(num_images, labels)
-        num_steps = self._check_num_steps(num_steps)
-        guidance_scale = self._check_guidance(guidance_scale)
-        if not _is_int(seed):
-            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
-        sampler = self._get_sampler(sampler)
-        fn = self._compiled_generate(sampler, guidance_scale is not None, jit_compile)
-        noise = (
-            np.random.default_rng(seed)
-            .standard_normal((num_images, *self.sample_shape))
-            .astype(np.float32)
+        num_steps, guidance_scale, seed = self._check_sampling_args(
+            num_steps, guidance_scale, seed, num_images
         )
+        sampler = self._get_sampler(sampler)
+        fn = self._compiled_generate(
+            sampler,
+            guidance_scale is not None,
+            jit_compile,
+            _per_example_kinds(num_steps, guidance_scale, seed),
+        )
+        if isinstance(seed, list):  # one noise stream per example: batch-independent
+            noise = np.stack(
+                [np.random.default_rng(s).standard_normal(self.sample_shape) for s in seed]
+            ).astype(np.float32)
+        else:
+            noise = (
+                np.random.default_rng(seed)
+                .standard_normal((num_images, *self.sample_shape))
+                .astype(np.float32)
+            )
         chunks = []
         for index, start in enumerate(range(0, num_images, self.max_generate_batch)):
             stop = start + self.max_generate_batch
             images = fn(
                 noise[start:stop],
                 None if labels is None else labels[start:stop],
-                np.int32(num_steps),
-                None if guidance_scale is None else np.float32(guidance_scale),
-                np.int32((seed + index) % (2**31 - 1)),
+                *_chunk_sampling_args(num_steps, guidance_scale, seed, index, start, stop),
             )
             chunks.append(np.asarray(ops.convert_to_numpy(images)))
         return np.concatenate(chunks, axis=0)
@@ -984,13 +1091,16 @@ class DiffusionModel(keras.Model):
                 the null condition (an unconditional sample); words past the
                 tokenizer's `sequence_length` are dropped (truncation keeps the
                 first words); words outside the vocabulary become `[UNK]`.
-            num_steps: sampler steps, in `[1, num_train_timesteps]`.
+            num_steps: sampler steps, in `[1, num_train_timesteps]`, or one count
+                per image (a 1-D sequence): each image steps on its own table.
             sampler: `"ddim"`, `"ddpm"`, `"dpmpp_2m"`, `"euler"`, `"heun"` or a
                 `Sampler` built with the model's schedule and prediction type.
             guidance_scale: None (conditional sampling) or the classifier-free
                 guidance scale `w` (1: conditional, 0: unconditional, > 1:
                 stronger); needs `caption_dropout_prob > 0`.
-            seed: int seed of the initial noise and of stochastic samplers.
+            seed: int seed of the initial noise and of stochastic samplers, or
+                one seed per caption (a 1-D sequence), as the exported endpoint
+                takes them: each image's noise is then its own draw.
             jit_compile: compile the loop with XLA (tokenization stays outside).
 
         Returns:
@@ -1004,12 +1114,17 @@ class DiffusionModel(keras.Model):
         ```
         """
         captions = self._check_captions(captions)
-        num_steps = self._check_num_steps(num_steps)
-        guidance_scale = self._check_guidance(guidance_scale)
-        if not _is_int(seed):
-            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        num_steps, guidance_scale, seed = self._check_sampling_args(
+            num_steps, guidance_scale, seed, len(captions)
+        )
         sampler = self._get_sampler(sampler)
-        key = ("text", id(sampler), guidance_scale is not None, bool(jit_compile))
+        key = (
+            "text",
+            id(sampler),
+            guidance_scale is not None,
+            bool(jit_compile),
+            _per_example_kinds(num_steps, guidance_scale, seed),
+        )
         functions = self._cache.generate_functions
         if key not in functions:
 
@@ -1024,11 +1139,10 @@ class DiffusionModel(keras.Model):
         token_ids = np.asarray(ops.convert_to_numpy(self.tokenizer(captions)))
         chunks = []
         for index, start in enumerate(range(0, len(captions), self.max_generate_batch)):
+            stop = start + self.max_generate_batch
             images = functions[key](
-                token_ids[start : start + self.max_generate_batch],
-                np.int32(num_steps),
-                None if guidance_scale is None else np.float32(guidance_scale),
-                np.int32((seed + index) % (2**31 - 1)),
+                token_ids[start:stop],
+                *_chunk_sampling_args(num_steps, guidance_scale, seed, index, start, stop),
             )
             chunks.append(np.asarray(ops.convert_to_numpy(images)))
         return np.concatenate(chunks, axis=0)
@@ -1041,14 +1155,17 @@ class DiffusionModel(keras.Model):
         length = self.tokenizer.sequence_length
         specs = [
             keras.InputSpec(shape=(None,), dtype="string", name="captions"),
-            keras.InputSpec(shape=(), dtype="int32", name="num_steps"),
-            keras.InputSpec(shape=(), dtype="float32", name="guidance_scale"),
-            keras.InputSpec(shape=(), dtype="int32", name="seed"),
+            keras.InputSpec(shape=(None,), dtype="int32", name="num_steps"),
+            keras.InputSpec(shape=(None,), dtype="float32", name="guidance_scale"),
+            keras.InputSpec(shape=(None,), dtype="int32", name="seed"),
         ]
 
         def generate_from_text(captions, num_steps, guidance_scale, seed):
             # Signatures check dtypes, not ranks: a scalar string would fail deep inside.
             captions = tf.ensure_shape(captions, (None,))
+            num_steps, guidance_scale, seed = _same_batch(
+                captions, {"num_steps": num_steps, "guidance_scale": guidance_scale, "seed": seed}
+            )
             token_ids = self.tokenizer(captions)
             images = self._text_generate_graph(sampler, token_ids, num_steps, guidance_scale, seed)
             return {"images": images}
@@ -1073,13 +1190,18 @@ class DiffusionModel(keras.Model):
 
         `generate` inputs: `noise` float32 `(None, *sample_shape)` (standard normal;
         latent-shaped for latent diffusion), `labels` int32 `(None,)` and
-        `guidance_scale` float32 `()` (class-conditional models only; `1.0` is plain
-        conditional sampling), `num_steps` int32 `()`, `seed` int32 `()` (noise of
-        stochastic samplers). Output `images` float32 `(None, *image_shape)` in
-        [-1, 1]. The whole `export_sampler` loop runs inside. Requests with
-        `num_steps` outside `[1, max_generate_steps]`, a batch above
-        `max_generate_batch` or labels outside `[0, num_classes]` fail with
-        InvalidArgumentError.
+        `guidance_scale` float32 `(None,)` (class-conditional models only; `1.0` is
+        plain conditional sampling), `num_steps` int32 `(None,)`, `seed` int32
+        `(None,)` (noise of stochastic samplers). Output `images` float32 `(None,
+        *image_shape)` in [-1, 1]. The whole `export_sampler` loop runs inside.
+        Every input is per-example (TF Serving's batching concatenates requests
+        along dimension 0): a batch with different `num_steps` runs to the largest,
+        each example stepping on its own timestep table and holding its sample
+        once its own count is reached, and each example's sampler noise is drawn
+        from its own seed, so an example's image does not depend on the rest of its
+        batch. Requests with `num_steps` outside `[1, max_generate_steps]`, a batch
+        above `max_generate_batch`, labels outside `[0, num_classes]` or inputs of
+        different batch sizes fail with InvalidArgumentError.
 
         `denoise` inputs: `x_t` float32 `(None, *sample_shape)`, `timesteps` float32
         `(None,)` (train timesteps, fractional allowed), `labels` int32 `(None,)`
@@ -1095,13 +1217,14 @@ class DiffusionModel(keras.Model):
 
         Text-to-image models export `generate_from_text` (default) and `denoise`
         instead. `generate_from_text` inputs: `captions` `tf.string` `(None,)`,
-        `num_steps` int32 `()`, `guidance_scale` float32 `()` (`1.0`: plain
-        conditional sampling; `0.0`: unconditional), `seed` int32 `()` (the initial
-        noise is drawn inside from it). Output `images` float32 `(None,
-        *image_shape)`. Tokenizer, text encoder and the whole `export_sampler` loop
-        run inside; empty captions give unconditional samples, captions longer than
-        the tokenizer's `sequence_length` are truncated (first words kept), unknown
-        words become `[UNK]`. The same `num_steps` and batch limits apply.
+        `num_steps` int32 `(None,)`, `guidance_scale` float32 `(None,)` (`1.0`:
+        plain conditional sampling; `0.0`: unconditional), `seed` int32 `(None,)`
+        (each example's initial noise is drawn inside from its own seed). Output
+        `images` float32 `(None, *image_shape)`. Tokenizer, text encoder and the
+        whole `export_sampler` loop run inside; empty captions give unconditional
+        samples, captions longer than the tokenizer's `sequence_length` are
+        truncated (first words kept), unknown words become `[UNK]`. The same
+        `num_steps` and batch limits apply.
         `denoise` takes `token_ids` int32 `(None, sequence_length)` in place of
         `labels`. Strings are not LiteRT builtins: SavedModel only.
 
@@ -1116,9 +1239,11 @@ class DiffusionModel(keras.Model):
         specs = {
             "noise": keras.InputSpec(shape=sample_spec, dtype="float32", name="noise"),
             "labels": keras.InputSpec(shape=(None,), dtype="int32", name="labels"),
-            "num_steps": keras.InputSpec(shape=(), dtype="int32", name="num_steps"),
-            "guidance_scale": keras.InputSpec(shape=(), dtype="float32", name="guidance_scale"),
-            "seed": keras.InputSpec(shape=(), dtype="int32", name="seed"),
+            "num_steps": keras.InputSpec(shape=(None,), dtype="int32", name="num_steps"),
+            "guidance_scale": keras.InputSpec(
+                shape=(None,), dtype="float32", name="guidance_scale"
+            ),
+            "seed": keras.InputSpec(shape=(None,), dtype="int32", name="seed"),
         }
         names = [
             name
@@ -1128,6 +1253,8 @@ class DiffusionModel(keras.Model):
 
         def generate(*args):
             named = dict(zip(names, args, strict=True))
+            checked = _same_batch(named["noise"], {name: named[name] for name in names[1:]})
+            named.update(zip(names[1:], checked, strict=True))
             images = self._generate_graph(
                 sampler,
                 named["noise"],
@@ -1157,11 +1284,18 @@ class DiffusionModel(keras.Model):
             "denoise": (denoise, denoise_specs),
         }
 
+    def export_png_endpoints(self):
+        """`generate_png` (`generate_from_text_png` for a text model): the same inputs,
+        PNG bytes out (SavedModel only, `kzoo.export.image_bytes`)."""
+        if self.text_conditional:
+            return {"generate_from_text_png": "generate_from_text"}
+        return {"generate_png": "generate"}
+
     def export_parity_batch(self):
         """A fixed, meaningful parity batch for `kzoo.export`: `{endpoint: {input: array}}`.
 
         `generate`: standard-normal noise for 2 samples, labels `[0, num_classes - 1]`,
-        `num_steps=4`, `guidance_scale=3.0`, `seed=0`. `denoise`: standard-normal
+        `num_steps=[4, 4]`, `guidance_scale=[3, 3]`, `seed=[0, 1]`. `denoise`: standard-normal
         `x_t` at timesteps `[0.25 T, 0.75 T]`, labels `[0, num_classes]` (one null).
         """
         rng = np.random.default_rng(0)
@@ -1171,8 +1305,10 @@ class DiffusionModel(keras.Model):
             return self._text_parity_batch(rng, shape, total)
         generate = {
             "noise": rng.standard_normal(shape).astype(np.float32),
-            "num_steps": np.int32(min(PARITY_NUM_STEPS, self.max_generate_steps)),
-            "seed": np.int32(0),
+            "num_steps": np.full(
+                PARITY_BATCH_SIZE, min(PARITY_NUM_STEPS, self.max_generate_steps), np.int32
+            ),
+            "seed": np.arange(PARITY_BATCH_SIZE, dtype=np.int32),
         }
         denoise = {
             "x_t": rng.standard_normal(shape).astype(np.float32),
@@ -1180,7 +1316,9 @@ class DiffusionModel(keras.Model):
         }
         if self.num_classes is not None:
             generate["labels"] = np.array([0, self.num_classes - 1], np.int32)
-            generate["guidance_scale"] = np.float32(PARITY_GUIDANCE_SCALE)
+            generate["guidance_scale"] = np.full(
+                PARITY_BATCH_SIZE, PARITY_GUIDANCE_SCALE, np.float32
+            )
             denoise["labels"] = np.array([0, self.num_classes], np.int32)
         return {"generate": generate, "denoise": denoise}
 
@@ -1196,12 +1334,15 @@ class DiffusionModel(keras.Model):
         )
         token_ids = ops.convert_to_numpy(self.tokenizer(captions[:PARITY_BATCH_SIZE].tolist()))
         captions = captions[: self.max_generate_batch]
+        batch = len(captions)
         return {
             "generate_from_text": {
                 "captions": captions,
-                "num_steps": np.int32(min(PARITY_NUM_STEPS, self.max_generate_steps)),
-                "guidance_scale": np.float32(PARITY_GUIDANCE_SCALE),
-                "seed": np.int32(0),
+                "num_steps": np.full(
+                    batch, min(PARITY_NUM_STEPS, self.max_generate_steps), "int32"
+                ),
+                "guidance_scale": np.full(batch, PARITY_GUIDANCE_SCALE, np.float32),
+                "seed": np.arange(batch, dtype=np.int32),
             },
             "denoise": {
                 "x_t": rng.standard_normal(shape).astype(np.float32),

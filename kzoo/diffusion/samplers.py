@@ -82,6 +82,21 @@ def _is_finite_positive(value):
     )
 
 
+def _per_example(values, sample):
+    """Reshapes per-example values `(B,)` to `(B, 1, ..., 1)` to broadcast over `sample`.
+
+    Scalars (the same step for the whole batch) are returned unchanged, so the
+    scalar path computes exactly what it did before per-example steps existed.
+    """
+    if len(getattr(values, "shape", ())) == 1:
+        return ops.reshape(values, (-1,) + (1,) * (len(sample.shape) - 1))
+    return values
+
+
+def _rank(value):
+    return len(getattr(value, "shape", np.shape(value)))
+
+
 class _StepSeed(keras.random.SeedGenerator):
     """A seed whose value is a tensor, for one stateless draw per loop iteration.
 
@@ -329,6 +344,8 @@ class Sampler:
 
     def _split(self, model_output, sample, sqrt_alpha, sqrt_one_minus_alpha):
         """`(x0_hat, eps_hat)` of the model output, `x0_hat` clipped with `clip_sample`."""
+        sqrt_alpha = _per_example(sqrt_alpha, sample)
+        sqrt_one_minus_alpha = _per_example(sqrt_one_minus_alpha, sample)
         x0, eps = split_prediction(
             self.prediction_type, model_output, sample, sqrt_alpha, sqrt_one_minus_alpha
         )
@@ -441,8 +458,13 @@ class DDPMSampler(Sampler):
             variance = beta_step
         variance = ops.where(t_prev < 0, 0.0, variance)
         dtype = sample.dtype
-        prev = ops.cast(coef_x0, dtype) * x0 + ops.cast(coef_sample, dtype) * sample
-        prev = prev + ops.cast(ops.sqrt(variance), dtype) * ops.cast(noise, dtype)
+        prev = (
+            ops.cast(_per_example(coef_x0, sample), dtype) * x0
+            + ops.cast(_per_example(coef_sample, sample), dtype) * sample
+        )
+        prev = prev + ops.cast(_per_example(ops.sqrt(variance), sample), dtype) * ops.cast(
+            noise, dtype
+        )
         return prev, state
 
 
@@ -502,17 +524,22 @@ class DDIMSampler(Sampler):
         alpha_prev = self._alpha_cumprod(t_prev)
         x0, eps = self._split(model_output, sample, ops.sqrt(alpha), ops.sqrt(1.0 - alpha))
         dtype = sample.dtype
-        prev_sample = ops.cast(ops.sqrt(alpha_prev), dtype) * x0
+        prev_sample = ops.cast(_per_example(ops.sqrt(alpha_prev), sample), dtype) * x0
         if self.stochastic:
             # Song et al. Eq. 16.
             sigma = self.eta * _sqrt(
                 (1.0 - alpha_prev) / (1.0 - alpha) * (1.0 - alpha / alpha_prev)
             )
             direction = _sqrt(1.0 - alpha_prev - ops.square(sigma))
-            prev_sample = prev_sample + ops.cast(direction, dtype) * eps
-            prev_sample = prev_sample + ops.cast(sigma, dtype) * ops.cast(noise, dtype)
+            prev_sample = prev_sample + ops.cast(_per_example(direction, sample), dtype) * eps
+            prev_sample = prev_sample + ops.cast(_per_example(sigma, sample), dtype) * ops.cast(
+                noise, dtype
+            )
         else:
-            prev_sample = prev_sample + ops.cast(ops.sqrt(1.0 - alpha_prev), dtype) * eps
+            prev_sample = (
+                prev_sample
+                + ops.cast(_per_example(ops.sqrt(1.0 - alpha_prev), sample), dtype) * eps
+            )
         return prev_sample, state
 
 
@@ -591,8 +618,8 @@ class DPMSolverMultistepSampler(Sampler):
         exp_neg_h = alpha_s * sigma_n / (sigma_s * alpha_n)
         dtype = sample.dtype
         prev_sample = (
-            ops.cast(sigma_n / sigma_s, dtype) * sample
-            + ops.cast(alpha_n * (1.0 - exp_neg_h), dtype) * x0
+            ops.cast(_per_example(sigma_n / sigma_s, sample), dtype) * sample
+            + ops.cast(_per_example(alpha_n * (1.0 - exp_neg_h), sample), dtype) * x0
         )
         if self.solver_order == 2:
             alpha_p, sigma_p = self._log_alpha_sigma(
@@ -605,7 +632,9 @@ class DPMSolverMultistepSampler(Sampler):
             # D1 = (x0 - prev_x0) / r0 with r0 = h_prev / h; 0 where first order.
             inv_r0 = ops.where(use_second_order, (lambda_n - lambda_s) / (lambda_s - lambda_p), 0.0)
             correction = 0.5 * alpha_n * (1.0 - exp_neg_h) * inv_r0
-            prev_sample = prev_sample + ops.cast(correction, dtype) * (x0 - state["prev_x0"])
+            prev_sample = prev_sample + ops.cast(_per_example(correction, sample), dtype) * (
+                x0 - state["prev_x0"]
+            )
         return prev_sample, {"prev_x0": x0}
 
 
@@ -715,7 +744,8 @@ class EulerSampler(Sampler):
         return ops.sqrt(ops.square(self._sigma(0, n)) + 1.0)
 
     def _scale_model_input(self, sample, i, n):
-        return sample / ops.cast(ops.sqrt(ops.square(self._sigma(i, n)) + 1.0), sample.dtype)
+        scale = ops.sqrt(ops.square(self._sigma(i, n)) + 1.0)
+        return sample / ops.cast(_per_example(scale, sample), sample.dtype)
 
     def _denoise(self, model_output, sample, sigma):
         # The model saw x / sqrt(sigma^2 + 1) with alpha = 1 / (1 + sigma^2).
@@ -723,9 +753,9 @@ class EulerSampler(Sampler):
         dtype = sample.dtype
         x0, _ = self._split(
             model_output,
-            sample / ops.cast(scale, dtype),
-            ops.cast(1.0 / scale, dtype),
-            ops.cast(sigma / scale, dtype),
+            sample / ops.cast(_per_example(scale, sample), dtype),
+            ops.cast(_per_example(1.0 / scale, sample), dtype),
+            ops.cast(_per_example(sigma / scale, sample), dtype),
         )
         return x0
 
@@ -734,7 +764,9 @@ class EulerSampler(Sampler):
         sigma_next = self._sigma(ops.cast(i, "int32") + 1, n)
         x0 = self._denoise(model_output, sample, sigma)
         # x + (sigma_next - sigma) * (x - x0) / sigma, written to be exact at sigma_next = 0.
-        return x0 + ops.cast(sigma_next / sigma, sample.dtype) * (sample - x0), state
+        return x0 + ops.cast(_per_example(sigma_next / sigma, sample), sample.dtype) * (
+            sample - x0
+        ), state
 
 
 class HeunSampler(EulerSampler):
@@ -831,12 +863,13 @@ class HeunSampler(EulerSampler):
         x0 = self._denoise(model_output, sample, sigma_eval)
         dtype = sample.dtype
         # The corrector's sigma_eval is never 0 (the last step has no corrector).
-        derivative = (sample - x0) / ops.cast(sigma_eval, dtype)
-        step_size = ops.cast(sigma_next - sigma, dtype)
+        derivative = (sample - x0) / ops.cast(_per_example(sigma_eval, sample), dtype)
+        step_size = ops.cast(_per_example(sigma_next - sigma, sample), dtype)
         # Predictor: Euler from sigma_k (exact at sigma_next = 0).
-        predicted = x0 + ops.cast(sigma_next / sigma, dtype) * (sample - x0)
+        predicted = x0 + ops.cast(_per_example(sigma_next / sigma, sample), dtype) * (sample - x0)
         # Corrector: trapezoid from the saved sample with the two slopes.
         corrected = state["sample"] + step_size * 0.5 * (state["derivative"] + derivative)
+        is_corrector = _per_example(is_corrector, sample)
         new_sample = ops.where(is_corrector, corrected, predicted)
         new_state = {
             "derivative": ops.where(is_corrector, state["derivative"], derivative),
@@ -898,11 +931,17 @@ def sample(
             sampler's `init_noise_sigma`).
         num_inference_steps: Python int in `[1, num_train_timesteps]` (else
             `ValueError`), or an int scalar tensor (clamped to that range, since a
-            graph cannot raise), e.g. an exported endpoint's input.
+            graph cannot raise), e.g. an exported endpoint's input, or a `(B,)`
+            int tensor of per-example counts (clamped likewise): the loop then runs
+            to the largest count, each example steps on its own table (the tables
+            are closed forms of `(i, n)`) and holds its sample once its own count
+            is reached, so an example's result does not depend on the others.
         conditioning: passed to the denoiser unchanged (None if unconditional).
         guidance_scale: overrides the scale of a `guided_denoiser` (float or
             scalar/`(B,)` tensor); the denoiser must come from `guided_denoiser`.
-        seed: noise of stochastic samplers: an int, an int scalar tensor or a
+        seed: noise of stochastic samplers: an int, an int scalar tensor, a `(B,)`
+            int tensor of per-example seeds (each example's noise is drawn from its
+            own seed, so it does not depend on the rest of the batch) or a
             `keras.random.SeedGenerator` (None: the sampler's own). The same int or
             tensor seed gives the same samples within one execution mode (XLA draws
             other numbers than TF's kernels for the same seed). In an exported
@@ -929,25 +968,48 @@ def sample(
             )
         extra["guidance_scale"] = guidance_scale
     n = sampler._validate_num_steps(num_inference_steps)
+    per_example = _rank(n) == 1
     noise = ops.convert_to_tensor(noise)
-    x = noise * ops.cast(sampler._init_noise_sigma(n), noise.dtype)
+    x = noise * ops.cast(_per_example(sampler._init_noise_sigma(n), noise), noise.dtype)
     batch = ops.shape(x)[0]
     base_seed = _base_seed(seed, sampler) if sampler.stochastic else None
+    calls = sampler._num_model_calls(n)  # (B,) when per-example
 
     def body(i, carry):
         x, state = carry
-        t = ops.cast(sampler._model_timestep(i, n), sampler.timestep_dtype)
+        # Each example's own step index: held at its last step once its count is reached.
+        step = ops.minimum(i, calls - 1) if per_example else i
+        t = ops.cast(sampler._model_timestep(step, n), sampler.timestep_dtype)
         model_output = denoiser(
-            sampler._scale_model_input(x, i, n),
+            sampler._scale_model_input(x, step, n),
             ops.broadcast_to(t, (batch,)),
             conditioning,
             **extra,
         )
         step_noise = None
         if sampler.stochastic:
-            step_seed = ops.stack([base_seed, _STEP_OFFSET + ops.cast(i, "int32")])
-            step_noise = keras.random.normal(ops.shape(x), dtype=x.dtype, seed=_StepSeed(step_seed))
-        return sampler._step(model_output, i, x, step_noise, state, n)
+            step_noise = _step_noise(base_seed, step, x)
+        new = sampler._step(model_output, step, x, step_noise, state, n)
+        if not per_example:
+            return new
+        active = _per_example(i < calls, x)
+        return keras.tree.map_structure(
+            lambda updated, held: ops.where(active, updated, held), new, (x, state)
+        )
 
-    x, _ = ops.fori_loop(0, sampler._num_model_calls(n), body, (x, sampler.initial_state(x)))
+    num_calls = ops.max(calls) if per_example else calls
+    x, _ = ops.fori_loop(0, num_calls, body, (x, sampler.initial_state(x)))
     return x
+
+
+def _step_noise(base_seed, step, x):
+    """Standard normal noise of one step: one draw per example for per-example seeds."""
+    if _rank(base_seed) == 0:
+        step_seed = ops.stack([base_seed, _STEP_OFFSET + ops.cast(step, "int32")])
+        return keras.random.normal(ops.shape(x), dtype=x.dtype, seed=_StepSeed(step_seed))
+    steps = ops.broadcast_to(ops.cast(step, "int32"), ops.shape(base_seed))
+    seeds = ops.stack([base_seed, _STEP_OFFSET + steps], axis=1)  # (B, 2)
+    shape = tuple(x.shape[1:])
+    return ops.map(
+        lambda pair: keras.random.normal(shape, dtype=x.dtype, seed=_StepSeed(pair)), seeds
+    )

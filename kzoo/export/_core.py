@@ -12,6 +12,10 @@ serving time (the exported graph raises `InvalidArgumentError` instead of clampi
 `{"batch": n}` requires the leading dim of every input whose batch dim is `None` to be
 at most `n`. Example: `limits={"num_steps": (1, 250), "batch": 64}` rejects
 `num_steps=0` with "num_steps must be in [1, 250]. Received: num_steps=0".
+`{"same_batch": True}` requires every input whose batch dim is `None` to have the
+first such input's batch size (TF Serving's batching splits requests along dimension
+0, so per-example inputs must agree): "seed must have one entry per example (2).
+Received: seed of batch 3".
 
 A model may also define `export_parity_batch() -> {endpoint: {input_name: array}}`;
 exports use it when no `parity_batch` is passed (`default_parity_batch`).
@@ -37,6 +41,7 @@ _SIGNATURE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 BATCH_LIMIT = "batch"
+SAME_BATCH = "same_batch"
 
 
 class Endpoint:
@@ -114,6 +119,14 @@ def _check_limits(endpoint_name, tensor_specs, limits):
     names = [spec.name for spec in tensor_specs]
     checked = {}
     for key, value in limits.items():
+        if key == SAME_BATCH:
+            if value is not True:
+                raise ValueError(
+                    f"The same_batch limit of endpoint {endpoint_name!r} must be True. "
+                    f"Received: limits['same_batch']={value!r}"
+                )
+            checked[key] = value
+            continue
         if key == BATCH_LIMIT:
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(
@@ -124,8 +137,8 @@ def _check_limits(endpoint_name, tensor_specs, limits):
             continue
         if key not in names:
             raise ValueError(
-                f"Limits of endpoint {endpoint_name!r} must name its inputs {names} or "
-                f"'batch'. Received: limits key={key!r}"
+                f"Limits of endpoint {endpoint_name!r} must name its inputs {names}, "
+                f"'batch' or 'same_batch'. Received: limits key={key!r}"
             )
         if not (
             isinstance(value, (tuple, list))
@@ -166,6 +179,20 @@ def _limit_assertions(endpoint, args):
                 batch,
             )
             assertions.append(tf.debugging.Assert(batch <= batch_limit, [message]))
+    if endpoint.limits.get(SAME_BATCH):
+        batched = [
+            (spec.name, arg)
+            for spec, arg in zip(endpoint.tensor_specs, args, strict=True)
+            if spec.shape.rank and spec.shape[0] is None
+        ]
+        reference = tf.shape(batched[0][1])[0] if batched else None
+        for name, arg in batched[1:]:
+            batch = tf.shape(arg)[0]
+            message = tf.strings.format(
+                f"{name} must have one entry per example ({{}}). Received: {name} of batch {{}}",
+                (reference, batch),
+            )
+            assertions.append(tf.debugging.Assert(tf.equal(batch, reference), [message]))
     return assertions
 
 

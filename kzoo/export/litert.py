@@ -230,3 +230,59 @@ def run_litert(path, signature, inputs):
     with _startup.quiet_stderr(_startup.LITERT_NOISE):
         outputs = runner(**feed)
     return {name: np.array(value) for name, value in outputs.items()}
+
+
+SIGNATURES_FILE = "signatures.json"
+# Value ranges of kzoo's conventional input and output names (images are in [-1, 1]).
+_NAMED_RANGES = {
+    "images": "[-1, 1]",
+    "reconstruction": "[-1, 1]",
+    "noise": "standard normal",
+    "x_t": "noised sample (standard normal scale)",
+}
+
+
+def describe_litert(path, endpoints, model):
+    """What `signatures.json` holds for the `.tflite` file at `path`.
+
+    Args:
+        path: a converted `.tflite` file (its dtypes and shapes are read from it).
+        endpoints: `{name: Endpoint}` the file was converted from (for the limits).
+        model: the exported model (`codebook_size`, a tokenizer, for value ranges).
+
+    Returns:
+        `{signature: {"inputs": {name: {"dtype", "shape", "range"}}, "outputs": {...}}}`;
+        `range` is text such as `"float32 in [-1, 1]"`, or null where kzoo states none.
+    """
+    described = {}
+    for signature, io in litert_signatures(path).items():
+        endpoint = endpoints.get(signature)
+        limits = endpoint.limits if endpoint is not None else {}
+        described[signature] = {
+            kind: {
+                name: {**spec, "range": _value_range(name, spec["dtype"], limits, model)}
+                for name, spec in io[kind].items()
+            }
+            for kind in ("inputs", "outputs")
+        }
+    return described
+
+
+def _value_range(name, dtype, limits, model):
+    if name in limits:
+        low, high = limits[name]
+        return f"{dtype} in [{low}, {high}]"
+    if name in _NAMED_RANGES:
+        text = _NAMED_RANGES[name]
+        return f"{dtype} in {text}" if text.startswith("[") else f"{dtype}, {text}"
+    codebook_size = getattr(model, "codebook_size", None)
+    if name in ("indices", "codes") and isinstance(codebook_size, int):
+        return f"{dtype} in [0, {codebook_size - 1}]"
+    if name == "token_ids":
+        from kzoo import presets
+
+        tokenizers = presets.find_tokenizers(model)
+        if tokenizers:
+            size = len(tokenizers[0].get_vocabulary())
+            return f"{dtype} in [0, {size - 1}] (ids of vocabulary.txt)"
+    return None

@@ -262,7 +262,7 @@ def reference_outputs(model, parity_batch=None):
     inputs, batch_info = _make_batch(model, endpoints, parity_batch, PARITY_SEED, PARITY_BATCH_SIZE)
     outputs = {}
     for signature, endpoint in endpoints.items():
-        outputs[signature] = _run_endpoint(endpoint, inputs[signature])
+        outputs[signature] = run_endpoint(endpoint, inputs[signature])
     tolerances = (
         model.export_parity_tolerances() if hasattr(model, "export_parity_tolerances") else {}
     )
@@ -277,7 +277,8 @@ def reference_outputs(model, parity_batch=None):
     )
 
 
-def _run_endpoint(endpoint, named):
+def run_endpoint(endpoint, named):
+    """`{output: np.ndarray}` of an endpoint's function called in process on `named` arrays."""
     result = endpoint.fn(*_endpoint_args(endpoint, named))
     if not isinstance(result, dict):
         raise TypeError(
@@ -365,7 +366,7 @@ def _choice_references(model, endpoints, inputs, outputs):
             "decoded": {
                 "probe": probe,
                 "output": codes[1],
-                "codes": _run_endpoint(code_endpoint, named)[codes[1]],
+                "codes": run_endpoint(code_endpoint, named)[codes[1]],
                 "vectors": _to_numpy(vectors),
                 "codebook": _to_numpy(codebook),
                 "decode": _decoder(endpoints[decode[0]], decode[1]),
@@ -376,7 +377,7 @@ def _choice_references(model, endpoints, inputs, outputs):
 
 def _decoder(endpoint, output):
     (spec,) = endpoint.tensor_specs
-    return lambda codes: _run_endpoint(endpoint, {spec.name: codes})[output]
+    return lambda codes: run_endpoint(endpoint, {spec.name: codes})[output]
 
 
 def _to_numpy(value):

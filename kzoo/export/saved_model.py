@@ -3,8 +3,12 @@
 Layout (`out_dir` is what TF Serving's `--model_base_path` parent points at):
 
 ```
-<out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json
-<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json
+<out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json,
+                                       assets.extra/tf_serving_warmup_requests
+<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json,
+                                       signatures.json (+ vocabulary.txt, tokenizer.json)
+<out_dir>/<name>_preset/<version>/     a preset (kzoo.presets: config.json, model.weights.h5, ...)
+<out_dir>/<name>*/README.md            the model card of the latest version (kzoo.export.model_card)
 ```
 
 TF Serving scans `<out_dir>/<name>/` for integer directories only and serves the
@@ -19,15 +23,27 @@ https://keras.io/api/models/model_saving_apis/export/ for `ExportArchive`.
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
 import warnings
 
-from kzoo.export import _core, parity
-from kzoo.export.litert import QUANTIZE_MODES, VARIANT_NAMES, check_quantize, export_litert
+from kzoo import presets
+from kzoo.export import _core, image_bytes, model_card, parity, warmup
+from kzoo.export.litert import (
+    QUANTIZE_MODES,
+    SIGNATURES_FILE,
+    VARIANT_NAMES,
+    check_quantize,
+    describe_litert,
+    export_litert,
+)
 
-FORMATS = ("saved_model", "litert")
+FORMATS = ("saved_model", "litert", "preset")
+# What `export_all` writes unless told otherwise (a preset is asked for by name).
+DEFAULT_FORMATS = ("saved_model", "litert")
+PRESET_DIR_SUFFIX = "_preset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +81,10 @@ def export_saved_model(
 
     One signature per `model.export_endpoints()` entry, with the input spec names as
     input names and the output dict keys as output names (`saved_model_cli show --all`
-    lists them). Parity with Keras is checked in a fresh process and written to
-    `parity.json` in the version directory.
+    lists them), plus the PNG/JPEG twins the model names in `export_png_endpoints()`
+    (`kzoo.export.image_bytes`). Parity with Keras is checked in a fresh process and
+    written to `parity.json` in the version directory; one warmup request per
+    signature goes to `assets.extra/` (`kzoo.export.warmup`).
 
     Args:
         model: a built model with `export_endpoints()`.
@@ -109,19 +127,23 @@ def export_all(
     model,
     out_dir="exported",
     name=None,
-    formats=FORMATS,
+    formats=DEFAULT_FORMATS,
     quantize=("none", "float16"),
     version=None,
     parity_batch=None,
     check_parity=True,
+    card=None,
 ):
-    """Exports a SavedModel and/or LiteRT files under one version, with parity checks.
+    """Exports a SavedModel, LiteRT files and/or a preset under one version.
+
+    Every format's folder gets a model card, `README.md` next to the versions,
+    rewritten for the version just exported (`kzoo.export.model_card`).
 
     Args:
         model: a built model with `export_endpoints()`.
         out_dir: the base directory.
         name: the export name; default `model.name`.
-        formats: a subset of `("saved_model", "litert")`.
+        formats: a subset of `("saved_model", "litert", "preset")`.
         quantize: LiteRT variants, from `("none", "float16", "dynamic")`; written as
             `float32.tflite`, `float16.tflite`, `dynamic.tflite`.
         version: a positive int free in the folder of every format written; default
@@ -130,6 +152,8 @@ def export_all(
         parity_batch: optional `{endpoint: {input_name: array}}` for the parity check;
             default the model's `export_parity_batch()` if it has one, else generated.
         check_parity: set False to skip the parity checks.
+        card: optional model-card facts, `{"recipe", "train_command",
+            "export_command", "evaluation"}` (any subset; see `model_card.model_card`).
 
     Returns:
         `{format: ExportResult}` for each of `formats`.
@@ -147,8 +171,9 @@ def export_all(
     """
     formats = _check_formats(formats)
     quantize = _check_quantize_list(quantize) if "litert" in formats else ()
-    endpoints = _core.get_endpoints(model)
-    if check_parity:
+    # A preset stores weights and config: any Keras model, endpoints or not.
+    endpoints = {} if formats == ("preset",) else _core.get_endpoints(model)
+    if check_parity and endpoints:
         parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
     name = _core.resolve_name(model, name)
@@ -157,15 +182,40 @@ def export_all(
         _core.check_is_dir(directory)
     version = _core.resolve_version(version, [dirs[f] for f in formats])
 
+    # Encoded-image twins (PNG/JPEG in, PNG out) exist in SavedModels only.
+    twins = image_bytes.png_endpoints(model, endpoints) if "saved_model" in formats else {}
     # Parent dirs this call creates are removed again if the export fails.
     new_dirs = [d for d in (*dirs.values(), out_dir) if not os.path.exists(d)]
     try:
         results = _export(
-            model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity
+            model,
+            endpoints,
+            twins,
+            dirs,
+            name,
+            version,
+            formats,
+            quantize,
+            parity_batch,
+            check_parity,
         )
     except BaseException:
         _core.remove_empty_dirs(new_dirs)
         raise
+    text = model_card.model_card(
+        model,
+        name,
+        parity_reports=[r.parity for r in results.values()],
+        signatures={
+            **{n: e.input_names for n, e in endpoints.items()},
+            **{f"{n} (SavedModel only)": e.input_names for n, e in twins.items()},
+        },
+        **(card or {}),
+    )
+    for fmt, result in results.items():
+        model_card.write_model_card(dirs[fmt], text)
+        if fmt == "preset":  # keras-hub's layout: the card inside the preset too
+            model_card.write_model_card(result.path, text)
     for result in results.values():
         if result.parity is not None and not result.parity["ok"]:
             warnings.warn(
@@ -181,28 +231,41 @@ def export_dirs(out_dir, name):
     return {
         "saved_model": os.path.join(out_dir, name),
         "litert": os.path.join(out_dir, name + _core.LITERT_DIR_SUFFIX),
+        "preset": os.path.join(out_dir, name + PRESET_DIR_SUFFIX),
     }
 
 
-def _export(model, endpoints, dirs, name, version, formats, quantize, parity_batch, check_parity):
+def _export(
+    model, endpoints, twins, dirs, name, version, formats, quantize, parity_batch, check_parity
+):
     with _core.temp_dirs() as temps:
+        staged = {}  # format -> (temp dir, files, parity)
+        if "preset" in formats:
+            # Weights are stored as they are (no conversion): no parity to check.
+            preset_dir = _core.make_temp_dir(dirs["preset"])
+            temps.append(preset_dir)
+            os.rmdir(preset_dir)  # save_to_preset creates it (under its own temp name)
+            presets.save_to_preset(model, preset_dir)
+            staged["preset"] = (preset_dir, {}, None)
+            if formats == ("preset",):
+                return _commit(staged, dirs, name, version, list(endpoints))
         if "saved_model" in formats:
             saved_model_dir = _core.make_temp_dir(dirs["saved_model"])
         else:
             saved_model_dir = tempfile.mkdtemp(prefix="kzoo-export-")
         temps.append(saved_model_dir)
-        _core.write_saved_model(model, endpoints, saved_model_dir)
+        _core.write_saved_model(model, {**endpoints, **twins}, saved_model_dir)
         signatures = list(endpoints)
         if _core.DEFAULT_SIGNATURE not in endpoints:
             signatures.insert(0, _core.DEFAULT_SIGNATURE)
         reference = parity.reference_outputs(model, parity_batch) if check_parity else None
 
-        staged = {}  # format -> (temp dir, files, parity)
         if "saved_model" in formats:
             report = None
             if reference is not None:
                 report = parity.check_parity(reference, saved_model_dir=saved_model_dir)
                 parity.write_parity_json(report, saved_model_dir)
+            _write_warmup(saved_model_dir, model, name, endpoints, twins, reference, parity_batch)
             staged["saved_model"] = (saved_model_dir, {}, report)
         if "litert" in formats:
             litert_dir = _core.make_temp_dir(dirs["litert"])
@@ -211,17 +274,64 @@ def _export(model, endpoints, dirs, name, version, formats, quantize, parity_bat
             for mode in quantize:
                 variant = VARIANT_NAMES[mode]
                 files[variant] = os.path.join(litert_dir, f"{variant}.tflite")
-                export_litert(saved_model_dir, files[variant], quantize=mode)
+                export_litert(
+                    saved_model_dir, files[variant], quantize=mode, signature_keys=signatures
+                )
+            _write_litert_guide(litert_dir, files, endpoints, model)
             report = None
             if reference is not None:
                 report = parity.check_parity(reference, litert_files=files)
                 parity.write_parity_json(report, litert_dir)
             staged["litert"] = (litert_dir, files, report)
 
-        return _commit(staged, dirs, name, version, signatures)
+        return _commit(staged, dirs, name, version, signatures, twins)
 
 
-def _commit(staged, dirs, name, version, signatures):
+def _write_warmup(saved_model_dir, model, name, endpoints, twins, reference, parity_batch):
+    """`assets.extra/tf_serving_warmup_requests`: one request per signature, from the
+    parity batch, with the Keras outputs as the recorded response (`kzoo.export.warmup`)."""
+    if reference is not None:
+        inputs, outputs = reference.inputs, reference.outputs
+    else:
+        try:
+            inputs, _ = parity.make_parity_batch(
+                model, _core.default_parity_batch(model, parity_batch)
+            )
+        except ValueError as error:  # e.g. an input with a dynamic inner dim, no batch given
+            warnings.warn(f"No warmup requests for {name!r}: {error}", stacklevel=3)
+            return
+        outputs = {n: parity.run_endpoint(e, inputs[n]) for n, e in endpoints.items()}
+    records = [(n, inputs[n], outputs[n]) for n in endpoints]
+    if _core.DEFAULT_SIGNATURE not in endpoints:  # the copy of the first endpoint
+        first = next(iter(endpoints))
+        records.insert(0, (_core.DEFAULT_SIGNATURE, inputs[first], outputs[first]))
+    for twin_name, twin in twins.items():
+        base_name = twin.base_name
+        twin_inputs = image_bytes.encoded_inputs(endpoints[base_name], inputs[base_name])
+        records.append((twin_name, twin_inputs, parity.run_endpoint(twin, twin_inputs)))
+    warmup.write_warmup_requests(saved_model_dir, name, records)
+
+
+def _write_litert_guide(litert_dir, files, endpoints, model):
+    """`signatures.json` (and a text model's tokenizer files) beside the `.tflite` files,
+    so an app without Python knows each input's dtype, shape and range."""
+    guide = {
+        "files": {variant: os.path.basename(path) for variant, path in files.items()},
+        "signatures": describe_litert(next(iter(files.values())), endpoints, model),
+    }
+    tokenizers = presets.find_tokenizers(model)
+    if tokenizers:
+        for filename, text in presets.tokenizer_files(tokenizers[0]).items():
+            _core.atomic_write_bytes(os.path.join(litert_dir, filename), text.encode("utf-8"))
+        guide["tokenizer"] = {
+            "vocabulary": presets.VOCABULARY_FILE,
+            "description": presets.TOKENIZER_FILE,
+        }
+    text = json.dumps(guide, indent=2) + "\n"
+    _core.atomic_write_bytes(os.path.join(litert_dir, SIGNATURES_FILE), text.encode("utf-8"))
+
+
+def _commit(staged, dirs, name, version, signatures, twins=()):
     """Renames every staged temp dir into place, undoing earlier renames on failure."""
     results, committed = {}, []
     try:
@@ -235,7 +345,7 @@ def _commit(staged, dirs, name, version, signatures):
                 version=version,
                 path=final,
                 files={k: os.path.join(final, os.path.basename(v)) for k, v in files.items()},
-                signatures=signatures,
+                signatures=signatures + list(twins) if fmt == "saved_model" else signatures,
                 parity=report,
             )
     except BaseException:

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from kzoo.data import load, load_arrays
 from kzoo.data import shapes as shapes_data
+from kzoo.presets import PresetMixin
 
 # Bump when the architecture, the data or the training recipe changes: cached
 # classifiers of another version are then ignored (and retrained).
@@ -52,7 +53,7 @@ _CALIBRATION_EXAMPLES = 2000
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ShapesClassifier(keras.Model):
+class ShapesClassifier(PresetMixin, keras.Model):
     """Small conv net with one softmax head per `kzoo_shapes` attribute.
 
     Two x/y coordinate channels join the RGB input (CoordConv), then blocks of

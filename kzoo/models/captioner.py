@@ -35,6 +35,7 @@ from kzoo.models.dual_encoder import (
     _is_host_strings,
     _require_shape,
 )
+from kzoo.presets import PresetMixin
 
 DECODING_METHODS = ("greedy", "top_k")
 # Special token ids of `kzoo.data.tokenizer` (fixed whatever the vocabulary).
@@ -69,7 +70,7 @@ def caption_loss(logits, targets):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Captioner(ImageCaptionPairsMixin, keras.Model):
+class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     """Image-to-text: images in [-1, 1] -> captions, trained with `fit` on `(images, captions)`.
 
     `model((images, captions))` (captions as strings, or the int32 ids of
@@ -409,6 +410,11 @@ class Captioner(ImageCaptionPairsMixin, keras.Model):
             )
         }
 
+    def export_png_endpoints(self):
+        """`caption_png` and `encode_image_png`: `caption` and `encode_image` on
+        `image_bytes` (PNG/JPEG, any size; SavedModel only, `kzoo.export.image_bytes`)."""
+        return {"caption_png": "caption", "encode_image_png": "encode_image"}
+
     def export_parity_batch(self):
         """Random images, and decoder inputs cut from captions at several lengths."""
         images = np.random.default_rng(0).uniform(-1, 1, (4, *self.image_shape)).astype("float32")
@@ -428,8 +434,9 @@ class Captioner(ImageCaptionPairsMixin, keras.Model):
 
         The host runs the loop: `encode_image` once, then `next_token_logits` per
         token (write the picked id after the last non-`[PAD]` one; stop at `[EOS]`
-        = 3), then maps ids to words with `get_vocabulary()`. Shares this model's
-        weights.
+        = 3), then maps ids to words with the `vocabulary.txt` that `kzoo.export`
+        writes beside the `.tflite` (line `i` is id `i`; `get_vocabulary()` in
+        Python). Shares this model's weights.
         """
         return CaptionerTokenEndpoints(self)
 

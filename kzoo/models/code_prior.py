@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from kzoo.layers import PositionEmbedding, TransformerBlock
+from kzoo.presets import PresetMixin
 
 _MASKED_LOGIT = -1e9
 
@@ -99,7 +100,9 @@ def sample_logits(logits, seed, temperature=1.0, top_k=None):
 
     Args:
         logits: `(B, K)` float logits.
-        seed: int32 `(2,)` seed tensor (stateless: equal seeds, equal draws).
+        seed: int32 `(2,)` seed tensor (stateless: equal seeds, equal draws), or
+            `(B, 2)`: one seed per row, each row drawn on its own, so a row's
+            sample does not depend on the other rows of the batch.
         temperature: divides the logits, `> 0`.
         top_k: None, or keep only the `top_k` largest logits (ties at the k-th value
             are kept).
@@ -111,12 +114,39 @@ def sample_logits(logits, seed, temperature=1.0, top_k=None):
     if top_k is not None:
         kth = ops.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
         logits = ops.where(logits >= kth, logits, _MASKED_LOGIT)
+    if len(seed.shape) == 2:
+        return ops.map(
+            lambda row: keras.random.categorical(
+                row[0][None], 1, dtype="int32", seed=_TensorSeed(row[1])
+            )[0, 0],
+            (logits, ops.cast(seed, "int32")),
+        )
     samples = keras.random.categorical(logits, 1, dtype="int32", seed=_TensorSeed(seed))
     return samples[:, 0]
 
 
+def _check_seed(seed):
+    """`seed` as an int32 tensor: a scalar, or one seed per sample `(B,)`."""
+    if isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int or a 1-D sequence of ints. Received: seed={seed}")
+    if isinstance(seed, list | tuple | np.ndarray | int | np.integer):
+        array = np.asarray(seed)
+        if array.ndim > 1 or array.dtype.kind not in "iu" or array.size == 0 and array.ndim:
+            raise ValueError(
+                "`seed` must be an int or a non-empty 1-D sequence of ints (one per sample). "
+                f"Received: seed={seed!r}"
+            )
+        return ops.convert_to_tensor(array.astype("int32"))
+    seed = ops.cast(seed, "int32")
+    if len(seed.shape) > 1:
+        raise ValueError(
+            f"`seed` must be a scalar or 1-D (one per sample). Received: seed.shape={seed.shape}"
+        )
+    return seed
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
-class CodePrior(keras.Model):
+class CodePrior(PresetMixin, keras.Model):
     """Decoder-only transformer prior over flattened VQ code grids: unconditional, class or caption.
 
     `model(tokens)` maps int tokens `(B, T)` (the prefix of `prefix_tokens`, width
@@ -438,22 +468,40 @@ class CodePrior(keras.Model):
 
         Args:
             labels: int `(B,)` class labels (class-conditional prior).
-            num_samples: batch size (unconditional prior).
+            num_samples: batch size (unconditional prior); default the length of a
+                per-example `seed`.
             temperature: softmax temperature, `> 0`.
             top_k: None or an int in `[1, codebook_size]`: sample among the top-k codes.
-            seed: int or int32 scalar tensor; equal seeds give equal samples.
+            seed: int or int32 scalar tensor; equal seeds give equal samples. Or one
+                seed per sample, `(B,)`: each sample is then drawn from its own seed,
+                the same alone as inside any batch.
             captions: `(B,)` captions (caption prior): strings or token ids, as for
                 `tokenize`.
 
         Returns:
             int32 code grids `(B, h, w)`.
+
+        Example:
+        ```python
+        mixed = prior.sample(labels=[0, 2], seed=[5, 6])
+        alone = prior.sample(labels=[2], seed=[6])  # == mixed[1:]
+        ```
         """
         _check_sampling(temperature, top_k, self.codebook_size)
+        seed = _check_seed(seed)
+        per_example = len(seed.shape) == 1
+        if per_example and num_samples is None and self.num_classes is None:
+            num_samples = ops.shape(seed)[0]
         prefix = self.prefix_tokens(labels, num_samples, captions)  # (B, P)
         width = self.context_length + 1  # P
         batch = ops.shape(prefix)[0]
         length = self.sequence_length
-        seed = ops.cast(seed, "int32")
+        if per_example and isinstance(batch, int) and seed.shape[0] is not None:
+            if seed.shape[0] != batch:
+                raise ValueError(
+                    f"`seed` must be a scalar or have one entry per sample ({batch}). "
+                    f"Received: seed with {seed.shape[0]} entries"
+                )
         tokens = ops.concatenate(
             [prefix, ops.zeros((batch, length), "int32")], axis=1
         )  # (B, P + L): the prefix, then the codes as they are drawn
@@ -462,7 +510,11 @@ class CodePrior(keras.Model):
         def step(position, tokens):
             logits = self(tokens[:, : self.input_length], training=False)  # (B, L, K)
             step_logits = ops.take(logits, position, axis=1)  # (B, K)
-            step_seed = ops.stack([seed, ops.cast(position, "int32")])
+            position = ops.cast(position, "int32")
+            if per_example:  # (B, 2): each sample's own stream
+                step_seed = ops.stack([seed, ops.broadcast_to(position, ops.shape(seed))], axis=1)
+            else:
+                step_seed = ops.stack([seed, position])
             codes = sample_logits(step_logits, step_seed, temperature, top_k)
             return ops.where(columns == position + width, codes[:, None], tokens)
 
@@ -594,7 +646,7 @@ def _summarize(vocabulary):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Generator(keras.Model):
+class Generator(PresetMixin, keras.Model):
     """A `CodePrior` and a VQ tokenizer: labels or captions and a seed in, images out, one endpoint.
 
     Args:
@@ -646,7 +698,12 @@ class Generator(keras.Model):
         self.built = True
 
     def generate(self, labels=None, num_samples=None, seed=0, captions=None):
-        """Images `(B, H, W, C)` decoded from sampled code grids (see `CodePrior.sample`)."""
+        """Images `(B, H, W, C)` decoded from sampled code grids (see `CodePrior.sample`).
+
+        `seed` is an int, or one int per image `(B,)` (each image then the same alone
+        as inside any batch); an unconditional prior takes `num_samples`, or the
+        batch from a per-image `seed`.
+        """
         codes = self.prior.sample(
             labels,
             num_samples,
@@ -663,28 +720,31 @@ class Generator(keras.Model):
         return self.generate(labels=inputs)
 
     def export_endpoints(self):
-        """The single endpoint `generate`: (labels, num_samples or captions; seed) -> images.
+        """The single endpoint `generate`: (labels or captions, seed) -> images.
 
-        A caption prior's `generate` takes `captions` `tf.string` `(B,)`, tokenized in
-        the graph (long captions truncated), and at most `max_batch` of them.
+        Every input has one entry per image, so TF Serving can batch requests: `seed`
+        is int32 `(B,)`, each image drawn from its own seed (the same image alone as
+        inside a mixed batch). A class prior's `generate` takes `labels` `(B,)`; a
+        caption prior's takes `captions` `tf.string` `(B,)`, tokenized in the graph
+        (long captions truncated); an unconditional prior's takes `seed` alone, one
+        image per seed. At most `max_batch` images.
         """
-        seed = keras.InputSpec(shape=(), dtype="int32", name="seed")
+        seed = keras.InputSpec(shape=(None,), dtype="int32", name="seed")
         if self.prior.caption_vocabulary is not None:
             captions = keras.InputSpec(shape=(None,), dtype="string", name="captions")
             return {
                 "generate": (
                     lambda c, s: {"images": self.generate(captions=c, seed=s)},
                     [captions, seed],
-                    {"batch": self.max_batch},
+                    {"batch": self.max_batch, "same_batch": True},
                 )
             }
         if self.prior.num_classes is None:
-            count = keras.InputSpec(shape=(), dtype="int32", name="num_samples")
             return {
                 "generate": (
-                    lambda n, s: {"images": self.generate(num_samples=n, seed=s)},
-                    [count, seed],
-                    {"num_samples": (1, self.max_batch)},
+                    lambda s: {"images": self.generate(seed=s)},
+                    [seed],
+                    {"batch": self.max_batch},
                 )
             }
         labels = keras.InputSpec(shape=(None,), dtype="int32", name="labels")
@@ -692,18 +752,26 @@ class Generator(keras.Model):
             "generate": (
                 lambda y, s: {"images": self.generate(labels=y, seed=s)},
                 [labels, seed],
-                {"labels": (0, self.prior.num_classes - 1), "batch": self.max_batch},
+                {
+                    "labels": (0, self.prior.num_classes - 1),
+                    "batch": self.max_batch,
+                    "same_batch": True,
+                },
             )
         }
 
+    def export_png_endpoints(self):
+        """`generate_png`: `generate`'s inputs, PNG bytes out (SavedModel only)."""
+        return {"generate_png": "generate"}
+
     def export_parity_batch(self):
-        seed = np.asarray(3, "int32")
         if self.prior.caption_vocabulary is not None:
-            return {"generate": {"captions": self.prior.parity_captions()[:3], "seed": seed}}
+            captions = self.prior.parity_captions()[:3]
+            return {"generate": {"captions": captions, "seed": np.arange(3, 6, dtype="int32")}}
         if self.prior.num_classes is None:
-            return {"generate": {"num_samples": np.asarray(2, "int32"), "seed": seed}}
+            return {"generate": {"seed": np.array([3, 4], "int32")}}
         labels = (np.arange(2) % self.prior.num_classes).astype("int32")
-        return {"generate": {"labels": labels, "seed": seed}}
+        return {"generate": {"labels": labels, "seed": np.array([3, 4], "int32")}}
 
     def get_config(self):
         return {

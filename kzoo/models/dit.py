@@ -32,6 +32,7 @@ from kzoo.models.unet import (
     context_inputs,
     standardize_denoiser_inputs,
 )
+from kzoo.presets import PresetMixin
 
 # DiT paper, Table 1: model sizes; the suffix is the patch size.
 _DIT_WIDTHS = {
@@ -59,7 +60,7 @@ TIMESTEP_FREQUENCY_DIM = 256
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DiT(keras.Model):
+class DiT(PresetMixin, keras.Model):
     """Diffusion transformer denoiser, a Functional model over `[x_t, t(, labels)]`.
 
     Inputs: `noisy_latents` `(B, H, W, C)` float, `timesteps` `(B,)` int or float,

@@ -28,6 +28,7 @@ from keras import ops
 from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.models.image_encoder import ImageEncoder
 from kzoo.models.text_encoder import TextEncoder
+from kzoo.presets import PresetMixin
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -146,7 +147,7 @@ class ImageCaptionPairsMixin:
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DualEncoder(ImageCaptionPairsMixin, keras.Model):
+class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     """CLIP: a text and an image tower projected into one l2-normalised embedding space.
 
     Trains with plain `fit` on a dataset of `(images, captions)` pairs, captions as
@@ -629,6 +630,11 @@ class DualEncoder(ImageCaptionPairsMixin, keras.Model):
             "encode_text": (encode_text, [text_spec]),
             "similarity": (similarity, [image_spec, text_spec]),
         }
+
+    def export_png_endpoints(self):
+        """`encode_image_png`: `encode_image` on `image_bytes` (PNG/JPEG, any size;
+        SavedModel only, `kzoo.export.image_bytes`)."""
+        return {"encode_image_png": "encode_image"}
 
     def export_parity_batch(self):
         """Parity inputs for the string endpoints: captions, an empty and an over-long one."""

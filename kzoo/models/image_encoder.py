@@ -22,6 +22,7 @@ from kzoo.layers.transformer import (
     _check_positive_int,
     _check_rate,
 )
+from kzoo.presets import PresetMixin
 
 KINDS = ("vit", "conv")
 STEMS = ("patch", "conv")
@@ -50,7 +51,7 @@ class ClassToken(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ImageEncoder(keras.Model):
+class ImageEncoder(PresetMixin, keras.Model):
     """Image tower: float32 NHWC images in [-1, 1] -> `{"sequence": (B, N, D), "pooled": (B, D)}`.
 
     `sequence` holds the final-normalised token states: the `N = (H/p)*(W/p)` patch

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kzoo.presets import PresetMixin
+
 # Bump when the architecture or the training recipe of the default network changes:
 # cached weights of another version are then ignored (and retrained).
 PERCEPTUAL_VERSION = "v1"
@@ -71,7 +73,7 @@ def _unit_normalize(x):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ShapesPerceptual(keras.Model):
+class ShapesPerceptual(PresetMixin, keras.Model):
     """Small conv feature network for an LPIPS-style distance on `kzoo_shapes`-like images.
 
     Blocks of two 3x3 conv + ReLU layers with 2x2 average pooling between them;

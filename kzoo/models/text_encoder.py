@@ -15,6 +15,7 @@ from kzoo.layers.transformer import (
     _check_positive_int,
     _check_rate,
 )
+from kzoo.presets import PresetMixin
 
 POOLING_MODES = ("mean", "last")
 
@@ -42,7 +43,7 @@ def masked_pool(sequence, padding_mask, mode="mean"):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class TextEncoder(keras.Model):
+class TextEncoder(PresetMixin, keras.Model):
     """Transformer encoder: int32 token ids `(B, T)` -> `{"sequence": (B, T, D), "pooled": (B, D)}`.
 
     Ids equal to 0 are padding: no token attends to them and pooling skips them.

@@ -34,10 +34,11 @@ from kzoo.layers import (
 )
 from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.embeddings import _check_positive_int
+from kzoo.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class UNet(keras.Model):
+class UNet(PresetMixin, keras.Model):
     """DDPM-style U-Net diffusion denoiser, a Functional model over `[x_t, t(, labels)]`.
 
     Inputs: `noisy_images` `(B, H, W, C)` float, `timesteps` `(B,)` int or float

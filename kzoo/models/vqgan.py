@@ -18,6 +18,7 @@ from kzoo.layers import GroupNorm
 from kzoo.models.perceptual import ShapesPerceptual, load_or_train_shapes_perceptual
 from kzoo.models.perceptual import perceptual_distance as _perceptual_distance
 from kzoo.models.vqvae import VQVAE, _check_image_shape
+from kzoo.presets import PresetMixin
 
 
 def _check_channels(channels, name):
@@ -39,7 +40,7 @@ def _check_non_negative(value, name):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Discriminator(keras.Model):
+class Discriminator(PresetMixin, keras.Model):
     """PatchGAN discriminator: strided 4x4 convs giving one real/fake logit per patch.
 
     The first conv (stride 2) has no norm; the middle ones are stride 2 with

@@ -19,10 +19,11 @@ from kzoo.layers import (
     Upsample,
     VectorQuantizer,
 )
+from kzoo.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class VQVAE(keras.Model):
+class VQVAE(PresetMixin, keras.Model):
     """Vector-quantized autoencoder that trains with plain `fit`.
 
     `model(images)` returns the reconstruction (straight-through through the
@@ -230,6 +231,14 @@ class VQVAE(keras.Model):
             "encode": (lambda images: {"indices": self.encode(images)}, [image_spec]),
             "decode": (lambda indices: {"images": self.decode(indices)}, [index_spec]),
         }
+
+    def export_png_endpoints(self):
+        """Encoded-image twins (SavedModel only, `kzoo.export.image_bytes`).
+
+        `reconstruct_png`: `image_bytes` (PNG/JPEG, any size) -> `png_bytes`; `encode_png`:
+        `image_bytes` -> `indices`.
+        """
+        return {"reconstruct_png": "serving_default", "encode_png": "encode"}
 
     def export_parity_choices(self):
         """The nearest-code choices in the endpoints, so export parity judges near ties.

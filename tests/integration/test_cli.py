@@ -135,11 +135,12 @@ def test_export_both_formats_with_parity_on_real_images(trained, capsys):
     )
     capsys.readouterr()
     assert sorted(os.listdir(out)) == ["vqvae_shapes", "vqvae_shapes_litert"]
-    assert os.listdir(os.path.join(out, "vqvae_shapes")) == ["1"]
+    assert sorted(os.listdir(os.path.join(out, "vqvae_shapes"))) == ["1", "README.md"]
     # Each folder numbers its own versions: LiteRT's first is 1 beside SavedModel's 1.
     assert sorted(os.listdir(os.path.join(out, "vqvae_shapes_litert", "1"))) == [
         "float16.tflite",
         "parity.json",
+        "signatures.json",
     ]
     with open(os.path.join(out, "vqvae_shapes", "1", "parity.json")) as f:
         text = f.read()
