@@ -111,7 +111,14 @@ def test_export_litert_uses_the_token_id_endpoints(workdirs, recipe, text_input,
     printed = capsys.readouterr().out
     version_dir = os.path.join(out, f"{recipe}_litert", "1")
     assert printed.strip().endswith(f"Exported to {version_dir}")
-    assert sorted(os.listdir(version_dir)) == ["float32.tflite", "parity.json"]
+    # Text models ship their tokenizer beside the .tflite (an app needs no Python).
+    assert sorted(os.listdir(version_dir)) == [
+        "float32.tflite",
+        "parity.json",
+        "signatures.json",
+        "tokenizer.json",
+        "vocabulary.txt",
+    ]
     with open(os.path.join(version_dir, "parity.json")) as f:
         parity = json.load(f)
     assert parity["ok"], parity
