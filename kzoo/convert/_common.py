@@ -74,6 +74,21 @@ def check_keys(config, supported, class_name):
             )
 
 
+def check_block_types(class_name, kind, types, supported, channels):
+    """ValueError unless every entry of `types` is in `supported`, one per `channels`."""
+    unknown = [t for t in types if t not in supported]
+    if unknown:
+        raise ValueError(
+            f"The {class_name} block type {unknown[0]!r} is not supported by kzoo.convert "
+            f"(supported: {sorted(supported)}). Received: {kind}={types}"
+        )
+    if len(types) != len(channels):
+        raise ValueError(
+            f"`{kind}` must have one entry per `block_out_channels` entry. "
+            f"Received: {kind}={types}, block_out_channels={list(channels)}"
+        )
+
+
 def image_size_of(value):
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value, value

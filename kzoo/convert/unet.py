@@ -10,7 +10,7 @@ embedding, and GroupNorm epsilon `norm_eps` (1e-5 by default; kzoo's 1e-6).
 
 import numpy as np
 
-from kzoo.convert._common import WeightLoader, check_keys, image_size_of
+from kzoo.convert._common import WeightLoader, check_block_types, check_keys, image_size_of
 from kzoo.models.unet import UNet
 
 _UNET_DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
@@ -56,21 +56,8 @@ def unet_kwargs(config, image_size=None):
     get = config.get
     down_types, up_types = list(get("down_block_types", ())), list(get("up_block_types", ()))
     channels = tuple(get("block_out_channels", ()))
-    for kind, types, known in (
-        ("down_block_types", down_types, _UNET_DOWN_BLOCKS),
-        ("up_block_types", up_types, _UNET_UP_BLOCKS),
-    ):
-        unknown = [t for t in types if t not in known]
-        if unknown:
-            raise ValueError(
-                f"The UNet2DModel block type {unknown[0]!r} is not supported by kzoo.convert "
-                f"(supported: {sorted(known)}). Received: {kind}={types}"
-            )
-        if len(types) != len(channels):
-            raise ValueError(
-                f"`{kind}` must have one entry per `block_out_channels` entry. "
-                f"Received: {kind}={types}, block_out_channels={list(channels)}"
-            )
+    check_block_types("UNet2DModel", "down_block_types", down_types, _UNET_DOWN_BLOCKS, channels)
+    check_block_types("UNet2DModel", "up_block_types", up_types, _UNET_UP_BLOCKS, channels)
     down_attention = [_UNET_DOWN_BLOCKS[t] for t in down_types]
     up_attention = [_UNET_UP_BLOCKS[t] for t in reversed(up_types)]
     if down_attention != up_attention:

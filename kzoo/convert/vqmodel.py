@@ -8,7 +8,7 @@ same layout, GroupNorm epsilon (1e-6) and stride-2 padding (TF's "same", as
 diffusers' `Downsample2D(padding=0)` pads).
 """
 
-from kzoo.convert._common import WeightLoader, check_keys, image_size_of
+from kzoo.convert._common import WeightLoader, check_block_types, check_keys, image_size_of
 from kzoo.models.vqvae import VQVAE
 
 _VQ_KEYS = {
@@ -44,18 +44,7 @@ def vqvae_kwargs(config, image_size=None):
         ("down_block_types", "DownEncoderBlock2D"),
         ("up_block_types", "UpDecoderBlock2D"),
     ):
-        types = list(get(kind, (expected,)))
-        unknown = [t for t in types if t != expected]
-        if unknown:
-            raise ValueError(
-                f"The VQModel block type {unknown[0]!r} is not supported by kzoo.convert "
-                f"(supported: {expected!r}). Received: {kind}={types}"
-            )
-        if len(types) != len(channels):
-            raise ValueError(
-                f"`{kind}` must have one entry per `block_out_channels` entry. "
-                f"Received: {kind}={types}, block_out_channels={list(channels)}"
-            )
+        check_block_types("VQModel", kind, list(get(kind, (expected,))), {expected}, channels)
     in_channels, out_channels = get("in_channels", 3), get("out_channels", 3)
     if in_channels != out_channels:
         raise ValueError(
