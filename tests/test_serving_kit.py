@@ -88,16 +88,7 @@ SIGNATURES = ["serving_default", "encode", "decode", "reconstruct_png", "encode_
 def tiny_vq():
     """The 4x4 VQ-VAE of docs/serving.md's REST examples (48 numbers per image)."""
     keras.utils.set_random_seed(0)
-    model = VQVAE(
-        image_shape=TINY_IMAGE,
-        codebook_size=16,
-        embedding_dim=4,
-        channels=(8, 8),
-        num_res_blocks=1,
-        norm_groups=4,
-        attention=False,
-        name="tiny_vq",
-    )
+    model = tiny_vqvae(image_shape=TINY_IMAGE, name="tiny_vq")
     model(np.zeros((1, *TINY_IMAGE), "float32"))
     return model
 

@@ -37,18 +37,22 @@ def assert_keras_roundtrip(model, inputs, directory, atol=0.0):
     return reloaded
 
 
-def tiny_vqvae():
-    """An untrained 8x8 VQ-VAE (16 codes of 4 dims, a 4x4 code grid) that builds in milliseconds."""
+def tiny_vqvae(image_shape=(8, 8, 3), **kwargs):
+    """An untrained VQ-VAE (16 codes of 4 dims, one 2x downsampling) that builds in milliseconds.
+
+    8x8 images (a 4x4 code grid) by default; `kwargs` go to `VQVAE` (`name`, ...).
+    """
     from kzoo.models import VQVAE
 
     return VQVAE(
-        image_shape=(8, 8, 3),
+        image_shape=image_shape,
         codebook_size=16,
         embedding_dim=4,
         channels=(8, 8),
         num_res_blocks=1,
         norm_groups=4,
         attention=False,
+        **kwargs,
     )
 
 
