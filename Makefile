@@ -29,9 +29,11 @@ format: install
 	$(BIN)/ruff format kzoo recipes tests benchmarks
 	$(BIN)/ruff check --fix kzoo recipes tests benchmarks
 
-# Two processes (one per core): tracing is single-threaded Python, so two files
-# trace at once; --dist loadfile keeps each file's module fixtures in one worker.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+# Two processes (one per core): tracing is single-threaded Python, so two units
+# trace at once. A unit is a test file (its module fixtures stay in one worker) or
+# one document of test_docs.py; tests/conftest.py groups them and orders them
+# longest first, which --no-loadscope-reorder keeps.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test: lint
 	$(PYTEST)

@@ -26,13 +26,66 @@ def _float32_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Collect test_docs.py first.
+# Seconds of the longest units (a test file, or one document of test_docs.py):
+# the sums of `pytest -n 2 --durations=0` per unit in one sitting on 2 cores
+# (2026-12-07, AVX2 host, partly loaded: only the order matters here). Units not
+# listed take under 40 s each and go last, in file order. Refresh the table when a
+# unit's time changes much: a long unit started last is what makes `make test` late.
+DOCS = "tests/test_docs.py::test_document_blocks_run"
+EXPECTED_S = {
+    "tests/test_text2image.py": 330,
+    f"{DOCS}[README.md]": 263,
+    f"{DOCS}[docs/text2image_shapes.md]": 238,
+    f"{DOCS}[docs/ddpm_unet_shapes.md]": 219,
+    "tests/test_code_prior.py": 208,
+    "tests/integration/test_cli.py": 186,
+    "tests/test_captioner.py": 154,
+    "tests/integration/test_multi_worker.py": 141,
+    f"{DOCS}[docs/caption_prior_shapes.md]": 134,
+    f"{DOCS}[docs/convert.md]": 122,
+    f"{DOCS}[docs/dit_shapes.md]": 102,
+    "tests/test_benchmarks.py": 101,
+    f"{DOCS}[docs/code_prior_shapes.md]": 99,
+    f"{DOCS}[docs/captioner_shapes.md]": 95,
+    "tests/test_metrics.py": 92,
+    "tests/test_parity.py": 92,
+    f"{DOCS}[docs/vqgan_shapes.md]": 92,
+    "tests/test_quantizer_export.py": 90,
+    "tests/integration/test_resume_after_kill.py": 90,
+    f"{DOCS}[docs/vqvae_shapes.md]": 88,
+    "tests/test_export.py": 71,
+    f"{DOCS}[docs/clip_shapes.md]": 71,
+    f"{DOCS}[docs/latent_dit_shapes.md]": 69,
+    "tests/test_vqgan.py": 69,
+    "tests/test_diffusion_export.py": 68,
+    "tests/test_resume.py": 67,
+    "tests/integration/test_precision.py": 65,
+    "tests/test_dual_encoder_export.py": 62,
+    "tests/test_dual_encoder.py": 59,
+    "tests/integration/test_cli_crossmodal.py": 58,
+    "tests/test_serving_kit.py": 45,
+    "tests/test_own_data.py": 44,
+    "tests/test_vqvae.py": 43,
+}
 
-    `make test` hands whole files to two workers (`--dist loadfile`) in collection
-    order. test_docs.py runs every document in one shared scratch copy, so it is one
-    serial unit of about a third of the suite's CPU time: started last, it ran alone
-    on one core for its whole length; started first, the other worker takes every
-    other file meanwhile.
+
+def _unit(item):
+    """The unit `make test` hands to a worker: one document of test_docs.py, else a file."""
+    if item.nodeid.startswith(DOCS + "["):
+        return item.nodeid
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(session, config, items):
+    """Group the tests into units and hand out the longest units first.
+
+    `make test` runs two workers with `--dist loadgroup --no-loadscope-reorder`:
+    a unit (an `xdist_group`) runs whole on one worker, so a file's module
+    fixtures are built once; units are handed out in collection order, which this
+    sorts by expected time, longest first, so that the two workers finish
+    together (the documents alone take about a third of the suite's CPU time).
     """
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_docs.py")
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_unit(item)))
+    items.sort(key=lambda item: -EXPECTED_S.get(_unit(item), 0))

@@ -1,11 +1,13 @@
 """The documents work: every code block of README.md and docs/*.md runs, every link resolves.
 
 Code blocks. Each fenced block names its language. ```python and ```bash/```sh/```shell
-blocks are executed, in document order, in one scratch copy of the repository shared
-by all documents (tracked and untracked files linked, `.venv` linked; `runs/`,
-`exported/`, `docs/images/` and `benchmarks/results/` start empty, so no command
-writes into the real ones; a page that trains a prerequisite an earlier page trained
-with the same tiny settings finds it done):
+blocks are executed, in document order, in a scratch copy of the repository
+(tracked and untracked files linked, `.venv` linked; `runs/`, `exported/`,
+`docs/images/` and `benchmarks/results/` start empty, so no command writes into the
+real ones). Each page trains its own prerequisites, so it runs alone from a clean
+checkout; the documents are spread over the test workers, and the pages one worker
+runs share its scratch copy, so a page that trains a prerequisite another page
+trained there already (same workdir, same tiny settings) finds it done:
 - the python blocks of a document run in ONE Python process, in sequence, in a
   shared namespace (a later block may use names of an earlier one; a name used
   before it is defined fails the test);
@@ -453,10 +455,9 @@ def test_no_file_refers_to_paths_outside_the_repository():
     assert not found, f"files that refer to shared/ (outside the repository): {sorted(found)}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scratch(tmp_path_factory):
-    """One scratch copy for every document: a page that trains a prerequisite another
-    page trained already (same workdir, same tiny settings) finds it done."""
+    """One scratch copy per test process, for the documents it runs."""
     root = str(tmp_path_factory.mktemp("docs"))
     scratch_copy(root)
     return root
