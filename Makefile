@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # `import kzoo` quiets TensorFlow's C++ start-up lines itself (KZOO_DEBUG=1 shows them).
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install demo test test-fast lint format bench bench-peers clean
+.PHONY: install demo test test-fast test-docs lint format bench bench-peers clean
 
 install: $(STAMP)
 
@@ -35,11 +35,17 @@ format: install
 # longest first, which --no-loadscope-reorder keeps.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
+# CI's suite: everything but the recipe pages' commands (`make test-docs`), so that it
+# stays within 30 minutes on 2 cores.
 test: lint
-	$(PYTEST)
+	$(PYTEST) -m "not recipe_pages"
 
 test-fast: install
 	$(PYTEST) -m "not slow"
+
+# Every code block of README.md and docs/*.md, run as tests/test_docs.py describes.
+test-docs: install
+	$(PYTEST) tests/test_docs.py
 
 bench: install
 	$(BIN)/python -m benchmarks.run --workload all

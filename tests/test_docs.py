@@ -32,8 +32,11 @@ and exported/README.md names a file inside the repository that git does not
 ignore; and no file of the repository refers to `shared/` or `../shared` paths,
 which are outside it.
 
-README.md, docs/architecture.md and docs/distributed.md run in the default tier; the
-recipe pages train their recipes (tiny, through the markers) and are marked slow.
+README.md, docs/architecture.md and docs/distributed.md run in every tier. The other
+pages train their recipes (tiny, through the markers) and are marked `slow` and
+`recipe_pages`: `make test-docs` runs them; `make test` (CI) leaves them out, for its
+30-minute limit (their commands together take about a third of the suite's CPU time,
+and the same CLI paths are run by tests/integration/ and each family's tests).
 """
 
 import json
@@ -468,7 +471,7 @@ def _doc_params():
     for doc in documents():
         if not any(block.kind and not block.skip_reason for block in parse_blocks(doc)):
             continue
-        marks = () if doc in FAST_DOCS else (pytest.mark.slow,)
+        marks = () if doc in FAST_DOCS else (pytest.mark.slow, pytest.mark.recipe_pages)
         params.append(pytest.param(doc, id=doc, marks=marks))
     return params
 

@@ -67,3 +67,23 @@ def test_guidance_sweep_scales_parse_and_bad_ones_are_named():
     for bad in ("", "1,x", "-1"):
         with pytest.raises(Exception, match=f"Received: {bad!r}"):
             guidance_sweep._scales(bad)
+
+
+def test_background_oracle_reads_clean_images_and_is_at_chance_in_pure_noise():
+    from benchmarks import background_decision
+    from kzoo.data import shapes
+
+    data = shapes.generate_split("validation", num_examples=400, image_size=16)
+    images = data["image"].astype("float32") / 127.5 - 1.0
+    truth = data["background"]
+    means = background_decision.background_means(images, truth, len(shapes.BACKGROUNDS))
+    assert means.shape == (4, 3)
+    clean = background_decision.oracle_background(images, 1.0, means)
+    assert np.mean(clean == truth) == 1.0
+    noise = np.random.default_rng(0).standard_normal(images.shape).astype("float32")
+    # Pure noise: chance (0.25, binomial SE 0.02 for 400). At a = 0.2 the two nearest
+    # background means (gray, blue) lie 8 noise SDs apart at 16 px: read every time.
+    for alpha, low, high in ((1e-8, 0.15, 0.35), (0.2, 0.99, 1.0)):
+        x_t = np.sqrt(alpha) * images + np.sqrt(1 - alpha) * noise
+        accuracy = np.mean(background_decision.oracle_background(x_t, alpha, means) == truth)
+        assert low <= accuracy <= high, (alpha, accuracy)
