@@ -34,9 +34,9 @@ which are outside it.
 
 README.md, docs/architecture.md and docs/distributed.md run in every tier. The other
 pages train their recipes (tiny, through the markers) and are marked `slow` and
-`recipe_pages`: `make test-docs` runs them; `make test` (CI) leaves them out, for its
-30-minute limit (their commands together take about a third of the suite's CPU time,
-and the same CLI paths are run by tests/integration/ and each family's tests).
+`recipe_pages`: `make test-docs` and `make test-full` run them; `make test` (CI)
+leaves them out, for its 30-minute limit (their commands together take about a third
+of the suite's CPU time).
 """
 
 import json
