@@ -33,7 +33,7 @@ format: install
 # trace at once. A unit is a test file (its module fixtures stay in one worker) or
 # one document of test_docs.py; tests/conftest.py groups them and orders them
 # longest first, which --no-loadscope-reorder keeps.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15
 
 # CI's suite (`.ci/run`): ruff, then every test not marked slow (README's commands
 # included), within CI's 30 minutes on 2 cores. The whole suite no longer fits there
