@@ -319,6 +319,41 @@ def _serve_meta_graph(saved_model_dir):
     raise ValueError(f"No 'serve' MetaGraph in {saved_model_dir!r}.")
 
 
+# Ops of a while loop (`keras.ops.fori_loop`, `tf.while_loop`) and of function calls.
+_LOOP_OPS = ("While", "StatelessWhile")
+_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def saved_model_loop_signatures(saved_model_dir):
+    """The signatures of a SavedModel whose graph holds a while loop, sorted.
+
+    Follows each signature's outputs into the functions they call (and those they
+    call in turn) looking for `While`/`StatelessWhile` ops: a diffusion model's
+    `generate` runs its sampling loop as one.
+    """
+    meta_graph = _serve_meta_graph(saved_model_dir)
+    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    nodes = {node.name: node for node in meta_graph.graph_def.node}
+
+    def has_loop(node_defs, seen):
+        for node in node_defs:
+            if node.op in _LOOP_OPS:
+                return True
+            called = node.attr["f"].func.name if node.op in _CALL_OPS else None
+            if called in functions and called not in seen:
+                seen.add(called)
+                if has_loop(functions[called].node_def, seen):
+                    return True
+        return False
+
+    looping = []
+    for key, signature in meta_graph.signature_def.items():
+        outputs = [info.name.split(":")[0] for info in signature.outputs.values()]
+        if not key.startswith("__") and has_loop([nodes[n] for n in outputs if n in nodes], set()):
+            looping.append(key)
+    return sorted(looping)
+
+
 # --- layout and atomic writes ---------------------------------------------------------
 
 

@@ -197,6 +197,19 @@ def _convert(saved_model_dir, quantize, signature_keys, batches=None, io="float"
         )
     grouped = None
     if quantize == "int8":
+        # TF 2.21's calibrator ends the process (a segmentation fault, no Python error)
+        # on a while loop: measured on a DiffusionModel's `generate` (its fori_loop).
+        looping = [
+            k for k in signature_keys if k in _core.saved_model_loop_signatures(saved_model_dir)
+        ]
+        if looping:
+            kept = [k for k in signature_keys if k not in looping]
+            raise ValueError(
+                "Full-integer conversion cannot calibrate signatures with a while loop (a "
+                f"fori_loop sampler): {looping} (TF 2.21's calibrator crashes on them). "
+                f"Export {kept} as int8 with signature_keys={kept}, and {looping} as float16 "
+                f"or dynamic. Received: quantize='int8', signature_keys={signature_keys}"
+            )
         grouped = calibration.representative_batches(
             batches, _core.saved_model_signature_inputs(saved_model_dir), signature_keys
         )
