@@ -140,7 +140,8 @@ def export_litert(
             fails full-integer conversion (the message names the signatures that
             convert alone); `.ops` names the ops.
         ValueError: unknown `quantize`, `io` or signature key, `"int8"` without
-            representative data (or data that fits no signature), or `out_path` is a
+            representative data (or data that fits no signature), `"int8"` of a
+            signature with a while loop (a diffusion `generate`), or `out_path` is a
             directory.
         TypeError: a model without `export_endpoints`.
 
