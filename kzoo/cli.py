@@ -10,7 +10,10 @@ import os
 import sys
 
 EXPORT_FORMATS = ("saved_model", "litert", "preset")
-QUANTIZE = ("none", "float16", "dynamic")
+QUANTIZE = ("none", "float16", "dynamic", "int8")
+# Training batches that calibrate `--quantize int8` (kzoo.export.calibration): 8
+# batches of 32 are 256 examples, within the 100-500 the LiteRT guide suggests.
+DEFAULT_REPRESENTATIVE_BATCHES = 8
 # Test examples of the autoencoder metrics; a recipe's own `evaluate` keeps its default.
 DEFAULT_EVAL_EXAMPLES = 512
 # CLI sampler names -> kzoo.diffusion.make_sampler names.
@@ -94,7 +97,26 @@ def _parser():
     )
     p.add_argument("workdir", help="a training workdir, or a .keras file (`kzoo convert`)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    p.add_argument("--quantize", default="none", choices=QUANTIZE)
+    p.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE,
+        help="LiteRT variant; int8 is full-integer, calibrated on training batches",
+    )
+    p.add_argument(
+        "--representative-batches",
+        type=int,
+        metavar="N",
+        help="--quantize int8: batches of the recipe's training pipeline that calibrate "
+        f"the int8 ranges (default {DEFAULT_REPRESENTATIVE_BATCHES}; VQ autoencoders; other "
+        "models calibrate on their own export parity batch)",
+    )
+    p.add_argument(
+        "--int8-io",
+        action="store_true",
+        help="--quantize int8: int8 inputs and outputs (default float32, quantized inside "
+        "the file; scales and zero points are in signatures.json)",
+    )
     p.add_argument("--out", default="exported")
     p.add_argument("--name", help="model name in the export layout (default: the recipe)")
     p.add_argument(
@@ -324,14 +346,50 @@ def parity_batch(model, config, num=8):
     images, _ = kzoo.data.load_arrays(
         config["dataset"], split="test", num_examples=num, image_size=model.image_shape[0]
     )
+    return _autoencoder_batch(model, images)
+
+
+def _autoencoder_batch(model, images):
+    """A VQ autoencoder's inputs for each endpoint: `images`, and their codes for `decode`."""
     import numpy as np
 
-    indices = np.asarray(model.encode(images))
+    images = np.asarray(images)
     return {
         "serving_default": {"images": images},
         "encode": {"images": images},
-        "decode": {"indices": indices},
+        "decode": {"indices": np.asarray(model.encode(images))},
     }
+
+
+def representative_batches(model, config, num_batches=DEFAULT_REPRESENTATIVE_BATCHES):
+    """Calibration batches for `--quantize int8`, from the recipe's training pipeline.
+
+    A VQ autoencoder gets the first `num_batches` batches of its recipe's training
+    dataset (`kzoo.training.trainer.train_dataset`: the recipe's batch size, seed and
+    augmentation), images for `serving_default` and `encode` and their codes for
+    `decode`. A model with `export_parity_batch()` (diffusion, priors) gets None:
+    `export_all` then calibrates on that batch.
+
+    Raises:
+        ValueError: no pipeline and no parity batch to draw from.
+    """
+    if hasattr(model, "export_parity_batch"):
+        return None
+    if not (hasattr(model, "encode") and "dataset" in config):
+        raise ValueError(
+            "--quantize int8 calibrates on batches of the recipe's training pipeline (VQ "
+            "autoencoders) or the model's own export_parity_batch(); this "
+            f"{type(model).__name__} has neither here (a .keras file has no recipe). Export "
+            "it from Python with export_all(..., representative_data=...). "
+            f"Received: model={type(model).__name__}"
+        )
+    from kzoo.training.trainer import train_dataset
+
+    batches = []
+    for element in train_dataset(config, model).take(num_batches):
+        images = element[0] if isinstance(element, tuple) else element
+        batches.append(_autoencoder_batch(model, images))
+    return batches
 
 
 def sample(
@@ -460,15 +518,28 @@ def _cmd_export(args):
     from kzoo.export import export_all, format_parity_table
     from kzoo.training import load_trained_model
 
-    keras_file = args.workdir.endswith(".keras") and os.path.isfile(args.workdir)
-    load = _load_keras_file if keras_file else load_trained_model
-    # A single .keras file has no recipe: its export is named after the file.
-    config = {} if keras_file else _workdir_config(args.workdir)
     if args.format != "litert" and args.quantize != "none":
         raise ValueError(
             "--quantize applies to LiteRT only. "
             f"Received: --format={args.format} --quantize={args.quantize}"
         )
+    for flag, given in (
+        ("--representative-batches", args.representative_batches is not None),
+        ("--int8-io", args.int8_io),
+    ):
+        if given and args.quantize != "int8":
+            raise ValueError(
+                f"{flag} applies to --quantize int8 only. Received: --quantize={args.quantize}"
+            )
+    if args.representative_batches is not None and args.representative_batches < 1:
+        raise ValueError(
+            "--representative-batches must be a positive integer. "
+            f"Received: --representative-batches={args.representative_batches}"
+        )
+    keras_file = args.workdir.endswith(".keras") and os.path.isfile(args.workdir)
+    load = _load_keras_file if keras_file else load_trained_model
+    # A single .keras file has no recipe: its export is named after the file.
+    config = {} if keras_file else _workdir_config(args.workdir)
     model = None
     name = args.name or config.get("recipe")
     if keras_file and name is None:
@@ -484,6 +555,16 @@ def _cmd_export(args):
         # LiteRT has no string ops: models with tf.string signatures (DualEncoder,
         # Captioner) export a view of their token-id endpoints, sharing the weights.
         exportable = model.litert_exportable()
+    int8 = {}
+    if args.quantize == "int8":
+        int8 = {
+            "representative_data": representative_batches(
+                exportable,
+                config,
+                args.representative_batches or DEFAULT_REPRESENTATIVE_BATCHES,
+            ),
+            "io": "int8" if args.int8_io else "float",
+        }
     results = export_all(
         exportable if args.format != "preset" else model,
         args.out,
@@ -496,6 +577,7 @@ def _cmd_export(args):
         if keras_file or args.format == "preset"
         else parity_batch(exportable, config),
         card=_card_facts(args, config),
+        **int8,
     )
     result = results[args.format]
     if result.parity is not None:
@@ -518,6 +600,10 @@ def _card_facts(args, config):
     export = f"kzoo export {args.workdir} --format {args.format}"
     if args.quantize != "none":
         export += f" --quantize {args.quantize}"
+    if args.representative_batches is not None:
+        export += f" --representative-batches {args.representative_batches}"
+    if args.int8_io:
+        export += " --int8-io"
     return {
         "recipe": recipe,
         "train_command": f"kzoo train {recipe} --workdir {args.workdir}" if recipe else None,

@@ -53,7 +53,7 @@ EXPECTED_S = {
     "tests/test_quantizer_export.py": 90,
     "tests/integration/test_resume_after_kill.py": 90,
     f"{DOCS}[docs/vqvae_shapes.md]": 88,
-    "tests/test_export.py": 71,
+    "tests/test_export.py": 110,
     f"{DOCS}[docs/clip_shapes.md]": 71,
     f"{DOCS}[docs/latent_dit_shapes.md]": 69,
     "tests/test_vqgan.py": 69,

@@ -10,10 +10,14 @@ import sys
 import keras
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 from keras import layers, ops
 
+import kzoo.data as kzoo_data
+from kzoo import cli
 from kzoo.export import (
     MAX_ABS_ERROR,
+    MIN_INDEX_AGREEMENT,
     LiteRTConversionError,
     _core,
     check_parity,
@@ -21,6 +25,7 @@ from kzoo.export import (
     export_litert,
     export_saved_model,
     format_parity_table,
+    litert_op_types,
     litert_signatures,
     make_parity_batch,
     reference_outputs,
@@ -28,6 +33,7 @@ from kzoo.export import (
     saved_model_outputs,
 )
 from kzoo.export import parity as export_parity
+from kzoo.testing import tiny_vqvae, write_workdir
 
 IMAGE_SHAPE = (8, 8, 3)
 GRID_SHAPE = (4, 4)
@@ -491,3 +497,143 @@ def test_parity_outside_tolerance_warns_and_is_recorded(model, tmp_path, monkeyp
         os.path.join("tiny_vq_litert", "1", "signatures.json"),
         os.path.join("tiny_vq_litert", "README.md"),
     ]
+
+
+# --- full-integer (int8) LiteRT ---------------------------------------------------------
+
+# Measured on the untrained tiny VQ-VAE below through `kzoo export` (4 calibration
+# batches of 8 kzoo_shapes training images, parity on 8 test images = 128 codes): raw
+# code agreement 0.922, `decode` max error 0.323, reconstruction 0.456 from Keras's
+# decode of the file's own codes (2.0 from Keras's: other codes); TinyVQ's `decode`
+# with int8 inputs and outputs stays within the same bound.
+INT8_MIN_AGREEMENT = 0.85
+INT8_MAX_ERROR = 0.5
+
+
+def shapes_images(num, seed):
+    """`num` kzoo_shapes images of 8x8 in [-1, 1] (rendered in memory, no download)."""
+    images = kzoo_data.generate(num, image_size=8, seed=seed)["image"]
+    return (images.astype("float32") / 127.5 - 1.0).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def vqvae():
+    keras.utils.set_random_seed(0)
+    model = tiny_vqvae(name="tiny_vqvae")
+    model(np.zeros((1, 8, 8, 3), "float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def int8_cli_export(vqvae, tmp_path_factory):
+    """`kzoo export --quantize int8` of a workdir: calibration from the recipe's pipeline."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = {"recipe": "vqvae_shapes", "dataset": "kzoo_shapes", "batch_size": 8, "seed": 0}
+    write_workdir(workdir, vqvae, config)
+    out = str(tmp_path_factory.mktemp("int8") / "exported")
+    argv = ["export", workdir, "--format", "litert", "--quantize", "int8", "--out", out]
+    assert cli.main([*argv, "--representative-batches", "4"]) == 0
+    return workdir, os.path.join(out, "vqvae_shapes_litert", "1")
+
+
+def test_int8_cli_export_writes_int8_ops_and_parity(vqvae, int8_cli_export, capsys):
+    _, path = int8_cli_export
+    assert sorted(os.listdir(path)) == ["int8.tflite", "parity.json", "signatures.json"]
+    int8_file = os.path.join(path, "int8.tflite")
+    interpreter = Interpreter(model_path=int8_file)
+    dtypes, subgraph = set(), 0
+    while subgraph < 16:  # every subgraph (one per signature) until the index runs out
+        try:
+            details = interpreter.get_tensor_details(subgraph)
+        except ValueError:
+            break
+        dtypes |= {np.dtype(detail["dtype"]).name for detail in details}
+        subgraph += 1
+    assert "int8" in dtypes and "float32" in dtypes  # int8 inside, float at the edges
+    op_types = litert_op_types(int8_file)
+    assert "CONV_2D" in op_types["encode"]["int8"] and op_types["encode"]["conversions"] > 0
+    # Float inputs and outputs by default: what an app feeding float images expects.
+    signatures = litert_signatures(int8_file)
+    assert signatures["encode"]["inputs"]["images"] == {"shape": [-1, 8, 8, 3], "dtype": "float32"}
+    assert signatures["decode"]["outputs"]["images"]["dtype"] == "float32"
+    with open(os.path.join(path, "signatures.json")) as f:
+        guide = json.load(f)
+    assert guide["int8"]["io"] == "float" and guide["int8"]["representative_batches"] == 4
+    assert guide["int8"]["op_types"] == op_types
+    with open(os.path.join(path, "parity.json")) as f:
+        parity = json.load(f)
+    assert parity["ok"], format_parity_table(parity)
+    results = parity["results"]["litert/int8"]
+    # Codes are judged by their raw agreement (the tie-aware one, at int8's float limit,
+    # would accept nearly every code) ...
+    indices = results["encode"]["indices"]
+    assert indices["judged_by"] == "index_agreement" and indices["ok"]
+    assert MIN_INDEX_AGREEMENT["litert/int8"] <= INT8_MIN_AGREEMENT <= indices["index_agreement"]
+    assert indices["index_agreement"] <= indices["tie_aware_agreement"]
+    decode_error = results["decode"]["images"]["max_abs_error"]
+    assert 0 < decode_error <= INT8_MAX_ERROR <= MAX_ABS_ERROR["litert/int8"]
+    # ... and the reconstruction against Keras's decode of the file's own codes.
+    reconstruction = results["serving_default"]["reconstruction"]
+    assert reconstruction["codes_differing"] > 0 and reconstruction["ok"]
+    assert 0 < reconstruction["tie_resolved_max_abs_error"] <= INT8_MAX_ERROR
+    # The parity batch is the recipe's test images, not the training batches calibrated on.
+    assert parity["batch"]["inputs"]["encode"]["images"]["source"] == "given"
+
+
+def test_int8_io_when_asked(model, tmp_path):
+    # TinyVQ (no GroupNorm): a smaller graph converts faster than the tiny VQ-VAE.
+    images = shapes_images(8, seed=2)
+    codes = ops.convert_to_numpy(model.encode(images))
+    path = export_litert(
+        model,
+        tmp_path / "int8.tflite",
+        quantize="int8",
+        signature_keys=["encode", "decode"],  # two of three conversions: test time
+        io="int8",
+        representative_data=[{"images": images}, {"decode": {"indices": codes}}],
+    )
+    signatures = litert_signatures(path)
+    images_in = signatures["encode"]["inputs"]["images"]
+    assert images_in["dtype"] == "int8" and images_in["quantization"]["scale"] > 0
+    images_out = signatures["decode"]["outputs"]["images"]
+    assert images_out["dtype"] == "int8" and images_out["quantization"]["scale"] > 0
+    # Code indices are integers already: they keep int32.
+    assert signatures["decode"]["inputs"]["indices"] == {"shape": [-1, 4, 4], "dtype": "int32"}
+    assert signatures["encode"]["outputs"]["indices"]["dtype"] == "int32"
+    # run_litert quantizes float inputs with the input's scale; dequantize=True reads back.
+    test = shapes_images(4, seed=3)
+    test_codes = run_litert(path, "encode", {"images": test})["indices"]
+    assert test_codes.dtype == np.int32 and test_codes.shape == (4, 4, 4)
+    quantized = run_litert(path, "decode", {"indices": test_codes})["images"]
+    assert quantized.dtype == np.int8
+    decoded = run_litert(path, "decode", {"indices": test_codes}, dequantize=True)["images"]
+    error = np.abs(decoded - ops.convert_to_numpy(model.decode(test_codes))).max()
+    assert 0 < error <= INT8_MAX_ERROR
+
+
+def test_int8_bad_arguments(vqvae, tmp_path, capsys):
+    images = shapes_images(4, seed=4)
+    with pytest.raises(ValueError, match="Received: quantize='int8', representative_data=None"):
+        export_litert(vqvae, tmp_path / "a.tflite", quantize="int8")
+    with pytest.raises(ValueError, match="Received: quantize='int8', representative_data=None"):
+        export_all(vqvae, tmp_path, formats="litert", quantize=("none", "int8"))
+    with pytest.raises(ValueError, match="Received: quantize='float16', io='int8'"):
+        export_litert(vqvae, tmp_path / "a.tflite", quantize="float16", io="int8")
+    with pytest.raises(ValueError, match="Received: io='int4'"):
+        export_all(vqvae, tmp_path, quantize="int8", io="int4", representative_data=[images])
+    with pytest.raises(ValueError, match="Received: quantize='none'"):
+        export_litert(vqvae, tmp_path / "a.tflite", representative_data=[images])
+    # Every converted signature is calibrated on its own inputs: decode takes codes.
+    with pytest.raises(ValueError, match=r"no batch for the signatures \['decode'\]"):
+        export_litert(vqvae, tmp_path / "a.tflite", quantize="int8", representative_data=[images])
+    with pytest.raises(ValueError, match=r"must be int32. Received: dtype=float32"):
+        export_litert(
+            vqvae,
+            tmp_path / "a.tflite",
+            quantize="int8",
+            representative_data=[{"decode": {"indices": np.zeros((2, 4, 4), "float32")}}],
+        )
+    assert os.listdir(tmp_path) == []
+    argv = ["export", str(tmp_path), "--format", "litert"]
+    assert cli.main([*argv, "--representative-batches", "4"]) == 2
+    assert "--representative-batches applies to --quantize int8 only" in capsys.readouterr().err

@@ -23,20 +23,17 @@ from kzoo.cli import main
 from kzoo.export import export_all
 from kzoo.models import VQVAE
 from kzoo.serving import parse_rest_response, payload_tensors, rest_payload
-from kzoo.testing import tiny_vqvae
-from kzoo.training.checkpoint import save_checkpoint
+from kzoo.testing import tiny_vqvae, write_workdir
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A `kzoo train`-like workdir holding an untrained tiny VQ-VAE, evaluated."""
     path = str(tmp_path_factory.mktemp("run"))
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump({"recipe": "vqvae_shapes", "dataset": "kzoo_shapes"}, f)
     keras.utils.set_random_seed(0)
     model = tiny_vqvae()
     model(np.zeros((1, 8, 8, 3), "float32"))
-    save_checkpoint(model, path, epoch=1, step=1)
+    write_workdir(path, model, {"recipe": "vqvae_shapes", "dataset": "kzoo_shapes"})
     assert main(["evaluate", path, "--num-examples", "8"]) == 0
     return path, model
 

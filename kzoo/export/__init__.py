@@ -10,14 +10,18 @@ Example:
 from kzoo.export import export_all, format_parity_table
 
 results = export_all(model, "exported", quantize=("none", "float16"))
+# Full-integer: int8.tflite, calibrated on batches of {signature: {input_name: array}}
+results = export_all(model, "exported", quantize="int8", representative_data=batches)
 print(format_parity_table([r.parity for r in results.values()]))
 ```
 """
 
 from kzoo.export.litert import (
+    IO_TYPES,
     QUANTIZE_MODES,
     LiteRTConversionError,
     export_litert,
+    litert_op_types,
     litert_signatures,
     run_litert,
 )
@@ -36,6 +40,7 @@ from kzoo.export.parity import (
 from kzoo.export.saved_model import ExportResult, export_all, export_saved_model
 
 __all__ = [
+    "IO_TYPES",
     "MAX_ABS_ERROR",
     "MIN_INDEX_AGREEMENT",
     "QUANTIZE_MODES",
@@ -48,6 +53,7 @@ __all__ = [
     "export_litert",
     "export_saved_model",
     "format_parity_table",
+    "litert_op_types",
     "litert_signatures",
     "make_parity_batch",
     "reference_outputs",

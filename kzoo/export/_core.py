@@ -276,6 +276,32 @@ def write_saved_model(model, endpoints, path):
 
 def saved_model_signature_names(saved_model_dir):
     """Returns the signature names of a SavedModel's `serve` graph, `serving_default` first."""
+    names = [k for k in _serve_meta_graph(saved_model_dir).signature_def if not k.startswith("__")]
+    return sorted(names, key=lambda k: (k != DEFAULT_SIGNATURE, k))
+
+
+def saved_model_signature_inputs(saved_model_dir):
+    """`{signature: {input_name: (shape, numpy dtype)}}` of a SavedModel's `serve` graph.
+
+    A shape is a list with None for a dynamic dim (None for an unknown rank).
+    """
+    signatures = {}
+    for key, signature in _serve_meta_graph(saved_model_dir).signature_def.items():
+        if key.startswith("__"):
+            continue
+        signatures[key] = {
+            name: (
+                None
+                if info.tensor_shape.unknown_rank
+                else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim],
+                tf.as_dtype(info.dtype).as_numpy_dtype,
+            )
+            for name, info in signature.inputs.items()
+        }
+    return signatures
+
+
+def _serve_meta_graph(saved_model_dir):
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb_path = os.path.join(saved_model_dir, "saved_model.pb")
@@ -289,9 +315,43 @@ def saved_model_signature_names(saved_model_dir):
         saved_model.ParseFromString(f.read())
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            names = [k for k in meta_graph.signature_def if not k.startswith("__")]
-            return sorted(names, key=lambda k: (k != DEFAULT_SIGNATURE, k))
+            return meta_graph
     raise ValueError(f"No 'serve' MetaGraph in {saved_model_dir!r}.")
+
+
+# Ops of a while loop (`keras.ops.fori_loop`, `tf.while_loop`) and of function calls.
+_LOOP_OPS = ("While", "StatelessWhile")
+_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def saved_model_loop_signatures(saved_model_dir):
+    """The signatures of a SavedModel whose graph holds a while loop, sorted.
+
+    Follows each signature's outputs into the functions they call (and those they
+    call in turn) looking for `While`/`StatelessWhile` ops: a diffusion model's
+    `generate` runs its sampling loop as one.
+    """
+    meta_graph = _serve_meta_graph(saved_model_dir)
+    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    nodes = {node.name: node for node in meta_graph.graph_def.node}
+
+    def has_loop(node_defs, seen):
+        for node in node_defs:
+            if node.op in _LOOP_OPS:
+                return True
+            called = node.attr["f"].func.name if node.op in _CALL_OPS else None
+            if called in functions and called not in seen:
+                seen.add(called)
+                if has_loop(functions[called].node_def, seen):
+                    return True
+        return False
+
+    looping = []
+    for key, signature in meta_graph.signature_def.items():
+        outputs = [info.name.split(":")[0] for info in signature.outputs.values()]
+        if not key.startswith("__") and has_loop([nodes[n] for n in outputs if n in nodes], set()):
+            looping.append(key)
+    return sorted(looping)
 
 
 # --- layout and atomic writes ---------------------------------------------------------

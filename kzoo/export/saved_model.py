@@ -5,7 +5,8 @@ Layout (`out_dir` is what TF Serving's `--model_base_path` parent points at):
 ```
 <out_dir>/<name>/<version>/            SavedModel (saved_model.pb, variables/) + parity.json,
                                        assets.extra/tf_serving_warmup_requests
-<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite + parity.json,
+<out_dir>/<name>_litert/<version>/     float32.tflite, float16.tflite, dynamic.tflite, int8.tflite
+                                       + parity.json,
                                        signatures.json (+ vocabulary.txt, tokenizer.json)
 <out_dir>/<name>_preset/<version>/     a preset (kzoo.presets: config.json, model.weights.h5, ...)
 <out_dir>/<name>*/README.md            the model card of the latest version (kzoo.export.model_card)
@@ -30,14 +31,17 @@ import tempfile
 import warnings
 
 from kzoo import presets
-from kzoo.export import _core, image_bytes, model_card, parity, warmup
+from kzoo.export import _core, calibration, image_bytes, model_card, parity, warmup
 from kzoo.export.litert import (
     QUANTIZE_MODES,
     SIGNATURES_FILE,
     VARIANT_NAMES,
+    check_int8_options,
     check_quantize,
+    default_representative_data,
     describe_litert,
     export_litert,
+    litert_op_types,
 )
 
 FORMATS = ("saved_model", "litert", "preset")
@@ -133,6 +137,8 @@ def export_all(
     parity_batch=None,
     check_parity=True,
     card=None,
+    representative_data=None,
+    io="float",
 ):
     """Exports a SavedModel, LiteRT files and/or a preset under one version.
 
@@ -144,8 +150,9 @@ def export_all(
         out_dir: the base directory.
         name: the export name; default `model.name`.
         formats: a subset of `("saved_model", "litert", "preset")`.
-        quantize: LiteRT variants, from `("none", "float16", "dynamic")`; written as
-            `float32.tflite`, `float16.tflite`, `dynamic.tflite`.
+        quantize: LiteRT variants, from `("none", "float16", "dynamic", "int8")`;
+            written as `float32.tflite`, `float16.tflite`, `dynamic.tflite`,
+            `int8.tflite`.
         version: a positive int free in the folder of every format written; default
             the next integer after the largest version in those folders (each folder
             numbers its own versions).
@@ -154,6 +161,12 @@ def export_all(
         check_parity: set False to skip the parity checks.
         card: optional model-card facts, `{"recipe", "train_command",
             "export_command", "evaluation"}` (any subset; see `model_card.model_card`).
+        representative_data: calibration batches of `int8.tflite`
+            (`kzoo.export.calibration`); default one batch of the model's
+            `export_parity_batch()`, where it has one. Only with `"int8"` in `quantize`.
+        io: inputs and outputs of `int8.tflite`: `"float"` (default) or `"int8"`
+            (see `export_litert`). `signatures.json` records it, with the op types
+            that compute in int8 and those left in float.
 
     Returns:
         `{format: ExportResult}` for each of `formats`.
@@ -171,8 +184,22 @@ def export_all(
     """
     formats = _check_formats(formats)
     quantize = _check_quantize_list(quantize) if "litert" in formats else ()
+    check_int8_options(quantize or ("none",), io, representative_data)
+    int8 = None
+    if "int8" in quantize:
+        int8 = {
+            "io": io,
+            "batches": calibration.materialize(
+                default_representative_data(model, representative_data)
+            ),
+        }
     # A preset stores weights and config: any Keras model, endpoints or not.
     endpoints = {} if formats == ("preset",) else _core.get_endpoints(model)
+    if int8 is not None:
+        # Checked before anything is written (every signature but the PNG twins).
+        int8["batches"] = calibration.alias_default_signature(int8["batches"], endpoints)
+        inputs = calibration.endpoint_inputs(endpoints)
+        calibration.representative_batches(int8["batches"], inputs, list(inputs))
     if check_parity and endpoints:
         parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
@@ -198,6 +225,7 @@ def export_all(
             quantize,
             parity_batch,
             check_parity,
+            int8,
         )
     except BaseException:
         _core.remove_empty_dirs(new_dirs)
@@ -236,7 +264,17 @@ def export_dirs(out_dir, name):
 
 
 def _export(
-    model, endpoints, twins, dirs, name, version, formats, quantize, parity_batch, check_parity
+    model,
+    endpoints,
+    twins,
+    dirs,
+    name,
+    version,
+    formats,
+    quantize,
+    parity_batch,
+    check_parity,
+    int8,
 ):
     with _core.temp_dirs() as temps:
         staged = {}  # format -> (temp dir, files, parity)
@@ -274,10 +312,20 @@ def _export(
             for mode in quantize:
                 variant = VARIANT_NAMES[mode]
                 files[variant] = os.path.join(litert_dir, f"{variant}.tflite")
+                options = {}
+                if mode == "int8":
+                    options = {
+                        "representative_data": int8["batches"],
+                        "io": int8["io"],
+                    }
                 export_litert(
-                    saved_model_dir, files[variant], quantize=mode, signature_keys=signatures
+                    saved_model_dir,
+                    files[variant],
+                    quantize=mode,
+                    signature_keys=signatures,
+                    **options,
                 )
-            _write_litert_guide(litert_dir, files, endpoints, model)
+            _write_litert_guide(litert_dir, files, endpoints, model, int8)
             report = None
             if reference is not None:
                 report = parity.check_parity(reference, litert_files=files)
@@ -312,13 +360,26 @@ def _write_warmup(saved_model_dir, model, name, endpoints, twins, reference, par
     warmup.write_warmup_requests(saved_model_dir, name, records)
 
 
-def _write_litert_guide(litert_dir, files, endpoints, model):
+def _write_litert_guide(litert_dir, files, endpoints, model, int8=None):
     """`signatures.json` (and a text model's tokenizer files) beside the `.tflite` files,
-    so an app without Python knows each input's dtype, shape and range."""
+    so an app without Python knows each input's dtype, shape and range.
+
+    With `int8.tflite`, `"int8"` adds its input/output type, the number of calibration
+    batches, the op types of each signature that compute in int8 and in float, and
+    (int8 inputs and outputs) its own signatures with their scales and zero points.
+    """
     guide = {
         "files": {variant: os.path.basename(path) for variant, path in files.items()},
         "signatures": describe_litert(next(iter(files.values())), endpoints, model),
     }
+    if "int8" in files:
+        guide["int8"] = {
+            "io": int8["io"],
+            "representative_batches": len(int8["batches"]),
+            "op_types": litert_op_types(files["int8"]),
+        }
+        if int8["io"] == "int8":
+            guide["int8"]["signatures"] = describe_litert(files["int8"], endpoints, model)
     tokenizers = presets.find_tokenizers(model)
     if tokenizers:
         for filename, text in presets.tokenizer_files(tokenizers[0]).items():

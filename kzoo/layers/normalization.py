@@ -9,6 +9,11 @@ the statistics as per-channel sums then per-group sums, and fusing scale/shift
 import keras
 from keras import ops
 
+# Name scope of the statistics' ops (means, variance, scale and shift), so an exporter
+# can find them: full-integer LiteRT keeps them in float32 (`kzoo.export.litert`);
+# E[x^2] - E[x]^2 in int8 cancels to noise.
+STATISTICS_SCOPE = "group_norm_statistics"
+
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class GroupNorm(keras.layers.Layer):
@@ -57,6 +62,15 @@ class GroupNorm(keras.layers.Layer):
         channels = shape[-1]
         group_size = channels // self.groups
         x = ops.reshape(ops.cast(inputs, "float32"), (shape[0], -1, channels))
+        with keras.name_scope(STATISTICS_SCOPE):
+            scale, shift = self._scale_and_shift(x, channels, group_size)
+        outputs = ops.reshape(x * scale + shift, shape)
+        if self.activation == "silu":
+            outputs = ops.silu(outputs)
+        return ops.cast(outputs, dtype)
+
+    def _scale_and_shift(self, x, channels, group_size):
+        """`(scale, shift)`, each `(B, 1, C)`: the normalisation and affine of `x` `(B, N, C)`."""
         count = ops.cast(ops.shape(x)[1] * group_size, "float32")
 
         def group_mean(channel_sums):  # (B, C) sums over positions -> (B, G, 1)
@@ -75,12 +89,7 @@ class GroupNorm(keras.layers.Layer):
         beta = ops.reshape(ops.cast(self.beta, "float32"), (1, self.groups, group_size))
         scale = inv_std * gamma
         shift = beta - mean * scale
-        scale = ops.reshape(scale, (-1, 1, channels))
-        shift = ops.reshape(shift, (-1, 1, channels))
-        outputs = ops.reshape(x * scale + shift, shape)
-        if self.activation == "silu":
-            outputs = ops.silu(outputs)
-        return ops.cast(outputs, dtype)
+        return ops.reshape(scale, (-1, 1, channels)), ops.reshape(shift, (-1, 1, channels))
 
     def compute_output_shape(self, input_shape):
         return input_shape

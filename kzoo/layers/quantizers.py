@@ -67,10 +67,15 @@ _NORM_EPSILON = 1e-6
 # Codes the matmul ranks first and `nearest_code` compares again by direct distance;
 # the nearest code was among the first 4 for every latent measured (see there).
 _NEAREST_CANDIDATES = 4
+# Name scope of the search's ops, so an exporter can find them: full-integer LiteRT
+# keeps them in float32 (`kzoo.export.litert`).
+NEAREST_CODE_SCOPE = "nearest_code"
 
 
 def nearest_code(flat_inputs, codebook, refine=True):
     """Index of the nearest codebook row for each input row (squared L2).
+
+    Its ops are named under `NEAREST_CODE_SCOPE`.
 
     Args:
         flat_inputs: float tensor `(N, D)`.
@@ -83,6 +88,11 @@ def nearest_code(flat_inputs, codebook, refine=True):
     Returns:
         int32 tensor `(N,)`.
     """
+    with keras.name_scope(NEAREST_CODE_SCOPE):
+        return _nearest_code(flat_inputs, codebook, refine)
+
+
+def _nearest_code(flat_inputs, codebook, refine):
     # ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2; ||x||^2 is the same for every code,
     # so the nearest code maximises 2 x.e - ||e||^2: one matmul, no (N, K, D) tensor.
     scores = 2.0 * ops.matmul(flat_inputs, ops.transpose(codebook)) - ops.sum(

@@ -1,6 +1,7 @@
 """Shared test helpers (keras-hub style): round trips, precision policies, gradients."""
 
 import contextlib
+import json
 import os
 
 import keras
@@ -54,6 +55,19 @@ def tiny_vqvae(image_shape=(8, 8, 3), **kwargs):
         attention=False,
         **kwargs,
     )
+
+
+def write_workdir(path, model, config):
+    """Makes `path` a `kzoo train`-like workdir: `config.json` and a checkpoint of `model`.
+
+    `config` needs what the command under test reads (`recipe`, `dataset`, ...).
+    """
+    from kzoo.training.checkpoint import save_checkpoint
+
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    save_checkpoint(model, path, epoch=1, step=1)
+    return path
 
 
 def gradients(fn, variables):
