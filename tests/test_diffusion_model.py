@@ -165,6 +165,37 @@ def test_min_snr_weighting_weights_each_example_mse():
         )
 
 
+def test_logit_normal_timesteps_follow_the_sigmoid_of_a_normal():
+    """t / T = sigmoid(n), n ~ N(mean, std): the draws' logits have that mean and std."""
+    images = np.zeros((4096, 2, 2, 1), np.float32)
+    uniform = DiffusionModel(TinyDenoiser((2, 2, 1)), seed=0)
+    default = DiffusionModel(TinyDenoiser((2, 2, 1)), seed=0, timestep_sampling="logit_normal")
+    shifted = DiffusionModel(
+        TinyDenoiser((2, 2, 1)),
+        seed=0,
+        timestep_sampling="logit_normal",
+        logit_mean=1.0,
+        logit_std=0.5,
+    )
+    total = uniform.schedule.num_train_timesteps
+    draws = {}
+    for name, model in (("uniform", uniform), ("default", default), ("shifted", shifted)):
+        t = np.asarray(model._noised_batch(images, training=True)[1])
+        assert t.dtype == np.int32 and t.min() >= 0 and t.max() <= total - 1
+        draws[name] = t
+    middle = {name: np.mean((t >= 0.27 * total) & (t < 0.73 * total)) for name, t in draws.items()}
+    # Binomial SE of a share of 4,096 draws is at most 0.008: 0.46 and 0.68 are
+    # the exact shares of the band (uniform; Phi(1) - Phi(-1) for N(0, 1)).
+    assert abs(middle["uniform"] - 0.46) < 0.03 and abs(middle["default"] - 0.68) < 0.03
+    logits = np.log((draws["shifted"] + 0.5) / (total - draws["shifted"] - 0.5))
+    assert abs(logits.mean() - 1.0) < 0.03 and abs(logits.std() - 0.5) < 0.03
+    # Uniform sampling draws what it drew before the option existed (same stream).
+    expected = keras.random.randint(
+        (4096,), 0, total, dtype="int32", seed=keras.random.SeedGenerator(0)
+    )
+    np.testing.assert_array_equal(draws["uniform"], np.asarray(expected))
+
+
 def test_mixed_float16_step_is_finite_and_scales_the_loss():
     with dtype_policy("mixed_float16"):
         model = make_model(num_classes=3)
@@ -209,6 +240,8 @@ def test_keras_round_trip_gives_identical_outputs(tmp_path):
         schedule={"name": "cosine", "num_train_timesteps": 500},
         prediction_type="v",
         snr_gamma=5.0,
+        timestep_sampling="logit_normal",
+        logit_mean=0.5,
         max_generate_steps=100,
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -339,6 +372,9 @@ def test_bad_constructor_arguments_raise_clear_errors():
         (dict(class_dropout_prob=1.0), "Received: class_dropout_prob=1.0"),
         (dict(clip_sample="yes"), "Received: clip_sample='yes'"),
         (dict(snr_gamma=0), "Received: snr_gamma=0"),
+        (dict(timestep_sampling="lognormal"), "Received: timestep_sampling='lognormal'"),
+        (dict(logit_std=0.0), "Received: logit_std=0.0"),
+        (dict(logit_mean="high"), "Received: logit_mean='high'"),
         (dict(max_generate_steps=2000), "Received: max_generate_steps=2000"),
         (dict(max_generate_batch=0), "Received: max_generate_batch=0"),
         (dict(export_sampler="plms"), "Received: export_sampler='plms'"),

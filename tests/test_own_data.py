@@ -217,6 +217,16 @@ TINY = {
         "model.norm_groups=4",
         "model.codebook_size=16",
     ],
+    "vqgan_shapes": [
+        "model.channels=(8,16)",
+        "model.norm_groups=4",
+        "model.codebook_size=16",
+        "model.embedding_dim=8",
+        "model.disc_channels=(8,8,8)",
+        "model.disc_start_step=0",
+        "model.disc_warmup_steps=1",
+        "model.perceptual_weight=0",
+    ],
     "ddpm_unet_shapes": ["model.denoiser.channels=(8,8,8)", "model.denoiser.norm_groups=4"],
     "dit_shapes": [
         "model.denoiser.hidden_size=16",
@@ -300,12 +310,11 @@ def vq_workdir(data, tmp_path_factory):
     return str(workdir)
 
 
-@pytest.mark.slow  # three in-process trainings of tiny models (one traced step each)
+@pytest.mark.slow  # five in-process trainings of tiny models (one step each)
 def test_class_conditional_recipes_take_their_classes_from_the_folder(data, vq_workdir, tmp_path):
     name = f"folder:{data / 'shapes'}?crop=random&flip=true"
-    # The U-Net in pixels, the DiT over the latents of the folder's VQ-VAE (dit_shapes
-    # is the same DiffusionModel and DiT in pixels: CI time keeps it out).
-    for recipe in ("ddpm_unet_shapes", "latent_dit_shapes"):
+    # The U-Net and the DiT in pixels, the DiT over the latents of the folder's VQ-VAE.
+    for recipe in ("ddpm_unet_shapes", "dit_shapes", "latent_dit_shapes"):
         extra = [f"autoencoder_workdir={vq_workdir}"] if recipe == "latent_dit_shapes" else []
         model, config = _fit(recipe, name, *extra)
         assert config["class_names"] == ["cross", "square"]  # saved with the run
@@ -315,6 +324,14 @@ def test_class_conditional_recipes_take_their_classes_from_the_folder(data, vq_w
     assert config["model"]["denoiser"]["input_shape"] == (SIZE // 2, SIZE // 2, 32)
     model, config = _fit("code_prior_shapes", name, f"vq_workdir={vq_workdir}")
     assert model.num_classes == 2 and config["class_names"] == ["cross", "square"]
+
+
+@pytest.mark.slow  # one in-process training of a tiny model (one step)
+def test_vqgan_trains_on_a_folder_with_its_discriminator(data):
+    model, config = _fit("vqgan_shapes", f"folder:{data / 'shapes'}?flip=true")
+    assert model.image_shape == (SIZE, SIZE, 3) and "class_names" not in config
+    # disc_start_step=0: the one step trained the discriminator too.
+    assert int(model.discriminator_optimizer.iterations.numpy()) == 1
 
 
 @pytest.mark.slow  # four in-process trainings of tiny models (one traced step each)
