@@ -152,7 +152,8 @@ def adapt_to_dataset(config):
         from kzoo.data.tokenizer import build_vocabulary
 
         config = copy.deepcopy(config)
-        vocabulary = build_vocabulary(data.captions)
+        # The train split's words (with `holdout`, held-out captions stay unseen).
+        vocabulary = build_vocabulary(data.split("train").captions)
         if not vocabulary:
             raise ValueError(f"The captions of `dataset` have no words. Received: dataset={name!r}")
         for key in VOCABULARY_KEYS:

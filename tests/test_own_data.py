@@ -154,6 +154,53 @@ def test_options_in_the_name_are_checked(data):
         kzoo.data.load(f"folder:{data / 'shapes'}")
 
 
+def test_holdout_splits_files_by_their_path_alone(tmp_path):
+    """holdout=F: a share F in validation and in test, the rest train, stable under additions."""
+    root = tmp_path / "many"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+    pixel = np.zeros((8, 8, 3), np.uint8)
+    for i in range(200):
+        Image.fromarray(pixel).save(root / ("a", "b")[i % 2] / f"{i:03d}.png")
+    name = f"folder:{root}?holdout=0.2"
+    splits = {s: folders.index(name).split(s) for s in folders.SPLITS}
+    files = {s: set(data.files) for s, data in splits.items()}
+    assert files["train"] | files["validation"] | files["test"] == set(folders.index(name).files)
+    assert not files["train"] & files["validation"] and not files["validation"] & files["test"]
+    # 200 files at shares 0.2 / 0.2 / 0.6: binomial SD 5.7 / 5.7 / 6.9 files.
+    counts = {s: len(f) for s, f in files.items()}
+    assert abs(counts["validation"] - 40) < 18 and abs(counts["test"] - 40) < 18, counts
+    assert splits["test"].class_names == ["a", "b"]  # the whole folder's label mapping
+    label_of = dict(zip(splits["test"].files, splits["test"].labels, strict=True))
+    assert all(label_of[f] == (0 if f"{os.sep}a{os.sep}" in f else 1) for f in label_of)
+    # The same split on another machine (a path hash, no seed) and after new files.
+    for i in range(200, 260):
+        Image.fromarray(pixel).save(root / "a" / f"{i:03d}.png")
+    after = {s: set(folders.index(name).split(s).files) for s in folders.SPLITS}
+    assert all(files[s] <= after[s] for s in folders.SPLITS)
+    assert folders.split_of("a/000.png", 0.2) == folders.split_of(f"a{os.sep}000.png", 0.2)
+    # Through kzoo.data: training reads train, evaluation reads test.
+    images, labels = kzoo.data.load_arrays(name, split="test", image_size=SIZE)
+    assert images.shape[0] == len(files["test"]) + len(after["test"] - files["test"])
+    # Without holdout every split reads every file (as before).
+    assert (
+        folders.index(f"folder:{root}").split("validation").files
+        == folders.index(f"folder:{root}").files
+    )
+    with pytest.raises(ValueError, match=r"Option 'holdout' .*\[0, 0.5\).*Received: dataset="):
+        folders.index(f"folder:{root}?holdout=0.5")
+    with pytest.raises(ValueError, match=r"Option 'holdout'"):
+        folders.index(f"folder:{root}?holdout=ten")
+    with pytest.raises(ValueError, match=r"Own data has the splits .*Received: split='dev'"):
+        kzoo.data.load(name, split="dev", image_size=SIZE)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.fromarray(pixel).save(tiny / "only.png")
+    with pytest.raises(ValueError, match=r"leaves the '(validation|test|train)' split .* empty"):
+        for split in folders.SPLITS:
+            folders.index(f"folder:{tiny}?holdout=0.3").split(split)
+
+
 # === Bad data: a clear error naming the argument and value ===
 
 

@@ -23,8 +23,10 @@ recipe's `--set dataset=...` carries them and its config.json records them):
 |              |                       |          | square window each time it is served     |
 | `flip`       | `true`, `false`       | `false`  | random horizontal flips                  |
 | `bad_images` | `raise`, `skip`       | `raise`  | what to do with files that do not decode |
+| `holdout`    | a number in [0, 0.5)  | `0`      | the share of files in `validation` and,  |
+|              |                       |          | as much again, in `test` (see below)     |
 
-e.g. `folder:/data/pets?crop=random&flip=true&bad_images=skip`.
+e.g. `folder:/data/pets?crop=random&flip=true&bad_images=skip&holdout=0.1`.
 
 Every image is decoded to 3 channels (grayscale is repeated, an alpha channel is
 dropped), so folders of mixed channel counts load as RGB. Before any batch is
@@ -34,8 +36,14 @@ truncated, not an image) raises a `ValueError` naming the files, or, with
 `bad_images=skip`, is left out with a warning giving the count. Training then
 never stops on a bad file halfway through an epoch.
 
-Own data has one split: "train", "validation" and "test" all read every file
-(hold out your own folder for an honest test set).
+Splits. Without `holdout` own data has one split: "train", "validation" and
+"test" all read every file. With `holdout=F` each file belongs to one split,
+chosen by a hash of its path relative to the folder (or to the captions file's
+folder): a share F of the files is `validation`, another F is `test`, the rest
+`train`. The choice depends on nothing but the path, so it is the same on every
+machine and run, and adding files never moves the old ones to another split
+(which a shuffled cut would). It is not stratified: in a small folder a class
+can miss from a split, and a split left empty is an error.
 
 What TF / Keras / TFDS provide and where this module does not use it:
 - Decoding and resizing are `tf.io.decode_image` and `tf.image.resize` in tf.data.
@@ -50,6 +58,7 @@ Both exist for these cases; this module keeps their class ordering.
 """
 
 import csv
+import hashlib
 import json
 import os
 import urllib.parse
@@ -61,8 +70,13 @@ FOLDER = "folder:"
 CAPTIONS = "captions:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 CAPTION_EXTENSIONS = (".jsonl", ".csv")
-OPTIONS = {"crop": ("center", "random"), "flip": ("true", "false"), "bad_images": ("raise", "skip")}
-DEFAULT_OPTIONS = {"crop": "center", "flip": "false", "bad_images": "raise"}
+OPTIONS = {
+    "crop": ("center", "random"),
+    "flip": ("true", "false"),
+    "bad_images": ("raise", "skip"),
+    "holdout": None,  # a number in [0, 0.5), checked by `_holdout`
+}
+DEFAULT_OPTIONS = {"crop": "center", "flip": "false", "bad_images": "raise", "holdout": "0"}
 SPLITS = ("train", "validation", "test")
 
 # (path, size, mtime_ns) -> True when the file decodes; filled by `_decodes`.
@@ -95,13 +109,51 @@ def parse(name):
                 f"Unknown option {key!r} of `dataset`; expected some of {sorted(OPTIONS)}. "
                 f"Received: dataset={name!r}"
             )
-        if value not in OPTIONS[key]:
+        if key == "holdout":
+            _holdout(name, value)
+        elif value not in OPTIONS[key]:
             raise ValueError(
                 f"Option {key!r} of `dataset` must be one of {list(OPTIONS[key])}. "
                 f"Received: dataset={name!r}"
             )
         options[key] = value
     return kind, os.path.expanduser(path), options
+
+
+def _holdout(name, value):
+    """The `holdout` option as a float in [0, 0.5); a clear error otherwise."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = None
+    if share is None or not 0.0 <= share < 0.5:
+        raise ValueError(
+            "Option 'holdout' of `dataset` must be a number in [0, 0.5) (the share of "
+            f"files in validation, and as much again in test). Received: dataset={name!r}"
+        )
+    return share
+
+
+def check_split(split):
+    """Raises a ValueError unless `split` is one of `SPLITS`."""
+    if split not in SPLITS:
+        raise ValueError(
+            f"Own data has the splits {list(SPLITS)} (all three read every file "
+            f"unless the name sets `holdout`). Received: split={split!r}"
+        )
+
+
+def split_of(relative_path, holdout):
+    """The split ("train", "validation" or "test") of a file under `holdout`.
+
+    A SHA-256 of the path (with "/" separators) mapped to [0, 1): below `holdout`
+    is validation, below twice `holdout` test, the rest train.
+    """
+    key = relative_path.replace(os.sep, "/").encode("utf-8")
+    position = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+    if position < holdout:
+        return "validation"
+    return "test" if position < 2 * holdout else "train"
 
 
 class OwnData:
@@ -114,18 +166,51 @@ class OwnData:
         labels: int label per file, or None (a captions file, an unlabelled folder).
         class_names: the sorted class folder names (empty when `labels` is None).
         captions: caption per file, or None (a folder).
-        options: the parsed options (`crop`, `flip`, `bad_images`).
+        options: the parsed options (`crop`, `flip`, `bad_images`, `holdout`).
+        root: the folder that `split_of` takes the files' paths relative to.
         skipped: the files left out because they do not decode (`bad_images=skip`).
     """
 
-    def __init__(self, name, files, labels, class_names, captions, options, skipped):
+    def __init__(self, name, files, labels, class_names, captions, options, skipped, root):
         self.name = name
+        self.root = root
         self.files = files
         self.labels = labels
         self.class_names = class_names
         self.captions = captions
         self.options = options
         self.skipped = skipped
+
+    def split(self, split):
+        """The `OwnData` of one split: every file without `holdout`, else its share.
+
+        Raises:
+            ValueError: an unknown split, or a split that `holdout` leaves empty.
+        """
+        check_split(split)
+        holdout = _holdout(self.name, self.options["holdout"])
+        if holdout == 0:
+            return self
+        keep = [split_of(os.path.relpath(f, self.root), holdout) == split for f in self.files]
+        if not any(keep):
+            raise ValueError(
+                f"holdout={holdout} leaves the {split!r} split of `dataset` empty ({len(keep)} "
+                f"files in all): raise `holdout` or add files. Received: dataset={self.name!r}"
+            )
+
+        def pick(values):
+            return None if values is None else [v for v, k in zip(values, keep, strict=True) if k]
+
+        return OwnData(
+            self.name,
+            pick(self.files),
+            pick(self.labels),
+            self.class_names,  # every split keeps the whole folder's label mapping
+            pick(self.captions),
+            self.options,
+            self.skipped,
+            self.root,
+        )
 
     def features(self):
         """The features this data has: `image`, plus `label` or `caption`."""
@@ -184,7 +269,8 @@ def index(name):
                 f"No image file of `dataset` decodes ({len(bad)} skipped). Received: "
                 f"dataset={name!r}"
             )
-    return OwnData(name, files, labels, class_names, captions, options, bad)
+    root = os.path.abspath(path) if kind == FOLDER else os.path.dirname(os.path.abspath(path))
+    return OwnData(name, files, labels, class_names, captions, options, bad, root)
 
 
 def _is_image(filename):

@@ -140,17 +140,13 @@ def _own_source(name, split, image_size, seed, num_examples, evaluation):
 
     `evaluation` (`load_arrays`) serves centre crops without flips whatever the options.
     """
-    if split not in folders.SPLITS:
-        raise ValueError(
-            f"Own data has one split, read whole by any of {list(folders.SPLITS)}. "
-            f"Received: split={split!r}"
-        )
+    folders.check_split(split)
     if image_size is None:
         raise ValueError(
             f"`image_size` is needed for {name!r}: own images vary in size. "
             f"Received: image_size=None"
         )
-    data = folders.index(name)
+    data = folders.index(name).split(split)
     files, labels, captions = data.files, data.labels, data.captions
     if num_examples is not None:
         files = files[:num_examples]
