@@ -219,13 +219,13 @@ def export_all(
             endpoints,
             twins,
             dirs,
-            name,
-            version,
-            formats,
-            quantize,
-            parity_batch,
-            check_parity,
-            int8,
+            name=name,
+            version=version,
+            formats=formats,
+            quantize=quantize,
+            parity_batch=parity_batch,
+            check_parity=check_parity,
+            int8=int8,
         )
     except BaseException:
         _core.remove_empty_dirs(new_dirs)
