@@ -68,14 +68,21 @@ def get_config():
 
 
 def evaluate(model, num_examples=1000):
-    """Test-split shape / colour word accuracy of a trained `Captioner` (see module doc)."""
+    """Test-split shape / colour word accuracy of a trained `Captioner` (see module doc).
+
+    Also under `"novel"`: the same scores on the test images whose attribute
+    combination (shape, colour, size, position, background) never occurs in train
+    (`kzoo.data.shapes.novel_combinations`), the compositional-generalisation set.
+    """
     import kzoo.data
+    from kzoo.data.shapes import novel_combinations
     from kzoo.models.captioner import word_accuracy
 
     images, labels = kzoo.data.load_arrays(
         "kzoo_shapes", split="test", num_examples=num_examples, image_size=model.image_shape[0]
     )
-    return word_accuracy(model, images, labels)
+    novel = novel_combinations("test", num_examples=len(images))
+    return word_accuracy(model, images, labels, subsets={"novel": novel})
 
 
 def main(argv):

@@ -104,13 +104,17 @@ def evaluate(
 
     Returns:
         A dict: for each attribute, `{attribute}_agreement` (generated images whose
-        predicted attribute equals the caption's), `{attribute}_chance` (1 / number
-        of values) and `{attribute}_real_accuracy` (the classifier on the real
-        test images of the same captions), plus the settings.
+        predicted attribute equals the caption's) with its binomial standard error
+        `{attribute}_agreement_se`, `{attribute}_chance` (1 / number of values) and
+        `{attribute}_real_accuracy` (the classifier on the real test images of the
+        same captions), plus the settings; under `"novel"` the agreements on the
+        captions whose attribute combination never occurs in train
+        (`kzoo.data.shapes.novel_combinations`) and their number.
     """
     import numpy as np
 
     import kzoo.data
+    from kzoo.data.shapes import novel_combinations
     from kzoo.metrics.features import ATTRIBUTES, load_or_train_shapes_classifier
 
     size = model.image_shape[0]
@@ -123,16 +127,24 @@ def evaluate(
     generated = model.generate_from_text(
         captions, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed
     )
-    scored = {name: np.asarray(labels[name]) for name in attributes}
-    agreement = classifier.attribute_accuracy(generated, scored)
-    real = classifier.attribute_accuracy(images, scored)
+    predicted = classifier.predict_attributes(generated)
+    real = classifier.attribute_accuracy(images, {name: labels[name] for name in attributes})
+    novel = novel_combinations("test", num_examples=len(captions))
     results = {
         "num_examples": len(captions),
         "num_steps": num_steps,
         "guidance_scale": guidance_scale,
+        "novel": {"num_examples": int(novel.sum())},
     }
     for name in attributes:
-        results[f"{name}_agreement"] = round(float(agreement[name]), 4)
+        hit = predicted[name] == np.asarray(labels[name]).reshape(-1)
+        for scores, mask in ((results, slice(None)), (results["novel"], novel)):
+            count = int(hit[mask].size)
+            share = float(hit[mask].mean()) if count else 0.0
+            scores[f"{name}_agreement"] = round(share, 4)
+            # Binomial standard error of the share (one sample per caption).
+            se = (share * (1.0 - share) / count) ** 0.5 if count else 0.0
+            scores[f"{name}_agreement_se"] = round(se, 4)
         results[f"{name}_chance"] = round(1.0 / ATTRIBUTES[name], 4)
         results[f"{name}_real_accuracy"] = round(float(real[name]), 4)
     return results

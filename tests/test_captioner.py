@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 import kzoo.data
+from kzoo.data.shapes import novel_combinations
 from kzoo.data.tokenizer import Tokenizer
 from kzoo.models import Captioner
 from kzoo.models.captioner import EOS_ID, PAD_ID, caption_loss, caption_words, word_accuracy
@@ -177,8 +178,19 @@ def test_short_fit_names_colour_and_shape_well_above_chance(trained):
     images, labels = kzoo.data.load_arrays(
         "kzoo_shapes", split="test", num_examples=400, image_size=16
     )
-    scores = word_accuracy(model, images, labels, batch_size=200)
+    novel = novel_combinations("test", num_examples=400)
+    scores = word_accuracy(
+        model, images, labels, batch_size=200, subsets={"novel": novel, "seen": ~novel}
+    )
     assert scores["num_examples"] == 400
+    # The subsets are scored from the same captions: they partition the whole.
+    assert scores["novel"]["num_examples"] == novel.sum() > 0
+    assert scores["seen"]["num_examples"] == 400 - novel.sum()
+    for key in ("shape_accuracy", "color_accuracy", "both_accuracy", "caption_exact_match"):
+        parts = scores["novel"][key] * novel.sum() + scores["seen"][key] * (400 - novel.sum())
+        assert abs(parts / 400 - scores[key]) < 1e-3, key  # rounding to 4 digits
+    with pytest.raises(ValueError, match=r"subsets\['novel'\].*one entry per image \(400\)"):
+        word_accuracy(model, images, labels, subsets={"novel": novel[:10]})
     # Measured 1.0 and 0.28 (chance 1/8 and 1/6; 0.22 is ~3 standard errors above 1/6
     # on 400 images): colour is learnt first, shape needs longer runs (the recipe).
     assert scores["color_accuracy"] > 0.6, scores

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kzoo.data.shapes import novel_combinations
 from kzoo.data.tokenizer import Tokenizer
 from kzoo.diffusion import DiffusionModel
 from kzoo.export import _core, export_all
@@ -491,7 +492,9 @@ def test_recipe_trains_two_steps_on_a_frozen_clip_text_tower_and_evaluates(tmp_p
     )
     for name in ("shape", "color"):
         assert 0.0 <= results[f"{name}_agreement"] <= 1.0
+        assert 0.0 <= results["novel"][f"{name}_agreement"] <= 1.0
     assert results["shape_chance"] == round(1 / 6, 4)
+    assert results["novel"]["num_examples"] == novel_combinations("test", num_examples=4).sum()
 
 
 @pytest.mark.slow  # a checkpoint round trip and two sampling graphs

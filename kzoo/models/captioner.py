@@ -565,7 +565,7 @@ def caption_words(captions):
     return pairs
 
 
-def word_accuracy(model, images, labels, batch_size=250):
+def word_accuracy(model, images, labels, batch_size=250, subsets=None):
     """Exact-match accuracy of the shape and colour words of greedy captions.
 
     Args:
@@ -574,11 +574,15 @@ def word_accuracy(model, images, labels, batch_size=250):
         labels: the label dict of `kzoo.data.load_arrays` (`"shape"` and `"color"`
             indices).
         batch_size: images per `caption` call.
+        subsets: None, or `{name: bool array (N,)}`: each named subset of the images
+            is scored too, from the same captions (e.g. the test images whose
+            attribute combination never occurs in train).
 
     Returns:
         `{"shape_accuracy", "color_accuracy", "both_accuracy", "caption_exact_match"
-        (when labels hold "caption"), "num_examples"}`; chance is 1/6 for shape and
-        1/8 for colour.
+        (when labels hold "caption"), "num_examples"}`, and for each subset `name`
+        the same keys under `results[name]`; chance is 1/6 for shape and 1/8 for
+        colour.
 
     Example:
     ```python
@@ -594,22 +598,36 @@ def word_accuracy(model, images, labels, batch_size=250):
             ops.convert_to_numpy(model.caption(images[start : start + batch_size])).tolist()
         )
     predicted = caption_words(captions)
-    shape_ok = np.array(
-        [p[0] == SHAPES[s] for p, s in zip(predicted, labels["shape"], strict=True)], bool
-    )
-    color_ok = np.array(
-        [p[1] == COLORS[c] for p, c in zip(predicted, labels["color"], strict=True)], bool
-    )
-    results = {
-        "shape_accuracy": round(float(shape_ok.mean()), 4) if len(captions) else 0.0,
-        "color_accuracy": round(float(color_ok.mean()), 4) if len(captions) else 0.0,
-        "both_accuracy": round(float((shape_ok & color_ok).mean()), 4) if len(captions) else 0.0,
+    hits = {
+        "shape_accuracy": np.array(
+            [p[0] == SHAPES[s] for p, s in zip(predicted, labels["shape"], strict=True)], bool
+        ),
+        "color_accuracy": np.array(
+            [p[1] == COLORS[c] for p, c in zip(predicted, labels["color"], strict=True)], bool
+        ),
     }
+    hits["both_accuracy"] = hits["shape_accuracy"] & hits["color_accuracy"]
     if "caption" in labels:
         truth = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in labels["caption"]]
         got = [c.decode("utf-8") for c in captions]
-        results["caption_exact_match"] = round(
-            float(np.mean([a == b for a, b in zip(got, truth, strict=True)])), 4
+        hits["caption_exact_match"] = np.array(
+            [a == b for a, b in zip(got, truth, strict=True)], bool
         )
-    results["num_examples"] = len(captions)
+
+    def summary(mask):
+        count = int(mask.sum())
+        scores = {
+            key: round(float(hit[mask].mean()), 4) if count else 0.0 for key, hit in hits.items()
+        }
+        return {**scores, "num_examples": count}
+
+    results = summary(np.ones(len(captions), bool))
+    for name, mask in (subsets or {}).items():
+        mask = np.asarray(mask, bool).reshape(-1)
+        if mask.shape != (len(captions),):
+            raise ValueError(
+                f"`subsets[{name!r}]` must be a bool array with one entry per image "
+                f"({len(captions)}). Received: shape {mask.shape}"
+            )
+        results[name] = summary(mask)
     return results
