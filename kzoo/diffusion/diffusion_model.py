@@ -51,11 +51,10 @@ from kzoo.diffusion.schedules import (
 from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.presets import PresetMixin
 
-# Inputs of the exported `generate` endpoint, in signature order (labels and
-# guidance_scale only for class-conditional models).
 # How `train_step` draws timesteps (see `DiffusionModel`'s `timestep_sampling`).
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
-
+# Inputs of the exported `generate` endpoint, in signature order (labels and
+# guidance_scale only for class-conditional models).
 GENERATE_INPUTS = ("noise", "labels", "num_steps", "guidance_scale", "seed")
 # Inputs of the exported `generate_from_text` endpoint of text-to-image models.
 GENERATE_FROM_TEXT_INPUTS = ("captions", "num_steps", "guidance_scale", "seed")
@@ -315,7 +314,9 @@ class DiffusionModel(PresetMixin, keras.Model):
             Stable Diffusion 3; diffusers' `weighting_scheme="logit_normal"`),
             which spends most of the training on middle noise levels (with the
             defaults 68% of the draws fall in `0.27 T ... 0.73 T`, against 46%
-            uniformly). The loss weights (`snr_gamma`) apply on top.
+            uniformly). The loss weights (`snr_gamma`) apply on top. On
+            `dit_shapes` it drew the requested shape less often than uniform
+            (docs/dit_shapes.md, What was tried).
         logit_mean: the mean of `n` for `"logit_normal"` (> 0 moves the draws
             towards more noise).
         logit_std: the standard deviation (`> 0`) of `n` for `"logit_normal"`.
