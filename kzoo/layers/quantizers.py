@@ -570,7 +570,8 @@ class VectorQuantizer(_Quantizer):
     # === State updates (training only) ===
     def _ema_update(self, flat, indices, counts):
         """EMA step from this replica's `counts`; returns the counts summed over replicas."""
-        # segment_sum over code ids beats a one-hot (N, K) matmul on CPU (NOTES.md).
+        # segment_sum over the code ids, not a one-hot (N, K) matmul: on CPU it was
+        # the faster of the two when measured on this layer (TF 2.21).
         sums = ops.segment_sum(flat, indices, num_segments=self.codebook_size)  # (K, code)
         counts, sums = cross_replica_sum([ops.cast(counts, "float32"), sums])
         decay = self.decay

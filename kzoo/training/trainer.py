@@ -399,8 +399,9 @@ def _check_strategy_supported(config):
     import tensorflow as tf
 
     if not tf.config.list_physical_devices("GPU"):
-        # NOTES.md: MirroredStrategy + jit_compile fails on CPU (a resource on
-        # CPU:1 read from CPU:0), and XLA cannot compile cross-worker collectives.
+        # MirroredStrategy + jit_compile fails on CPU: with 2 logical CPU devices
+        # XLA reads a resource on CPU:1 from CPU:0 (measured on TF 2.21); and XLA
+        # cannot compile MultiWorkerMirrored's cross-worker collectives.
         raise ValueError(
             f"jit_compile=true is not supported with strategy={name!r} on CPU. "
             "Received: jit_compile=True"
