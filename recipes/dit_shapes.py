@@ -43,6 +43,7 @@ def get_config():
             "timestep_sampling": "uniform",
             "logit_mean": 0.0,
             "logit_std": 1.0,
+            "noise_offset": 0.0,
             "max_generate_steps": 250,
             "max_generate_batch": 64,
             "export_sampler": "ddim",

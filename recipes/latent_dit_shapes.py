@@ -47,6 +47,7 @@ def get_config():
             "timestep_sampling": "uniform",
             "logit_mean": 0.0,
             "logit_std": 1.0,
+            "noise_offset": 0.0,
             "latent_scale": None,
             "max_generate_steps": 250,
             "max_generate_batch": 64,

@@ -196,6 +196,26 @@ def test_logit_normal_timesteps_follow_the_sigmoid_of_a_normal():
     np.testing.assert_array_equal(draws["uniform"], np.asarray(expected))
 
 
+def test_noise_offset_adds_one_constant_per_example_and_channel():
+    """The training noise is eps + offset * n[b, c]: its spatial mean varies that much more."""
+    images = np.zeros((512, 8, 8, 2), np.float32)
+    plain = make_model(shape=(8, 8, 2), prediction_type="eps")
+    offset = make_model(shape=(8, 8, 2), prediction_type="eps", noise_offset=0.5)
+    means = {}
+    for name, model in (("plain", plain), ("offset", offset)):
+        # eps prediction: the target is the noise itself.
+        target = np.asarray(model._noised_batch(images, training=True)[3])
+        means[name] = target.mean(axis=(1, 2))  # (B, C)
+        # Around the spatial mean, the noise is still unit Gaussian.
+        assert abs((target - means[name][:, None, None]).std() - 1.0) < 0.05
+    # Spatial means: std 1/8 for plain noise on 8x8, sqrt(1/64 + 0.25) with the
+    # offset (512 x 2 values: the sample std is within 5% of the true one).
+    assert abs(means["plain"].std() - 1 / 8) < 0.1 / 8
+    assert abs(means["offset"].std() - np.sqrt(1 / 64 + 0.25)) < 0.05 * np.sqrt(1 / 64 + 0.25)
+    # Channels get their own constants.
+    assert abs(np.corrcoef(means["offset"][:, 0], means["offset"][:, 1])[0, 1]) < 0.15
+
+
 def test_mixed_float16_step_is_finite_and_scales_the_loss():
     with dtype_policy("mixed_float16"):
         model = make_model(num_classes=3)
@@ -242,6 +262,7 @@ def test_keras_round_trip_gives_identical_outputs(tmp_path):
         snr_gamma=5.0,
         timestep_sampling="logit_normal",
         logit_mean=0.5,
+        noise_offset=0.1,
         max_generate_steps=100,
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -375,6 +396,7 @@ def test_bad_constructor_arguments_raise_clear_errors():
         (dict(timestep_sampling="lognormal"), "Received: timestep_sampling='lognormal'"),
         (dict(logit_std=0.0), "Received: logit_std=0.0"),
         (dict(logit_mean="high"), "Received: logit_mean='high'"),
+        (dict(noise_offset=-0.1), "Received: noise_offset=-0.1"),
         (dict(max_generate_steps=2000), "Received: max_generate_steps=2000"),
         (dict(max_generate_batch=0), "Received: max_generate_batch=0"),
         (dict(export_sampler="plms"), "Received: export_sampler='plms'"),

@@ -320,6 +320,13 @@ class DiffusionModel(PresetMixin, keras.Model):
         logit_mean: the mean of `n` for `"logit_normal"` (> 0 moves the draws
             towards more noise).
         logit_std: the standard deviation (`> 0`) of `n` for `"logit_normal"`.
+        noise_offset: 0 (default), or the std `> 0` of "offset noise" (Guttenberg
+            2023; diffusers' `--noise_offset`): training noise gets a random
+            constant per example and channel, `eps + noise_offset * n[b, c]`. Plain
+            noise leaves an image's mean colour only `1 / sqrt(H W)` of noise, so the
+            mean (a flat background) is decided in the last few percent of the
+            timesteps; the offset spreads that decision over more of them.
+            Sampling starts from plain noise.
         autoencoder: None, or a frozen kzoo `VQVAE` for latent diffusion.
         latent_scale: latent multiplier (`> 0`); None estimates it on the first batch.
         max_generate_steps: largest `num_steps` the exported `generate` accepts.
@@ -377,6 +384,7 @@ class DiffusionModel(PresetMixin, keras.Model):
         timestep_sampling="uniform",
         logit_mean=0.0,
         logit_std=1.0,
+        noise_offset=0.0,
         autoencoder=None,
         latent_scale=None,
         max_generate_steps=250,
@@ -418,6 +426,10 @@ class DiffusionModel(PresetMixin, keras.Model):
             raise ValueError(f"`logit_mean` must be a number. Received: logit_mean={logit_mean!r}")
         if not _is_number(logit_std) or not logit_std > 0:
             raise ValueError(f"`logit_std` must be a number > 0. Received: logit_std={logit_std!r}")
+        if not _is_number(noise_offset) or noise_offset < 0:
+            raise ValueError(
+                f"`noise_offset` must be a number >= 0. Received: noise_offset={noise_offset!r}"
+            )
         total = schedule.num_train_timesteps
         if not _is_int(max_generate_steps) or not 1 <= max_generate_steps <= total:
             raise ValueError(
@@ -475,6 +487,7 @@ class DiffusionModel(PresetMixin, keras.Model):
         self.timestep_sampling = timestep_sampling
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
+        self.noise_offset = float(noise_offset)
         self.max_generate_steps = int(max_generate_steps)
         self.max_generate_batch = int(max_generate_batch)
         self.export_sampler = export_sampler
@@ -750,6 +763,11 @@ class DiffusionModel(PresetMixin, keras.Model):
         batch = ops.shape(x0)[0]
         timesteps = self._sample_timesteps(batch)
         noise = keras.random.normal(ops.shape(x0), dtype="float32", seed=self.seed_generator)
+        if self.noise_offset > 0:
+            # One constant per example and channel, broadcast over the spatial axes.
+            offset_shape = (batch, *([1] * (len(x0.shape) - 2)), x0.shape[-1])
+            offset = keras.random.normal(offset_shape, dtype="float32", seed=self.seed_generator)
+            noise = noise + self.noise_offset * offset
         x_t = add_noise(self.schedule, x0, noise, timesteps)
         if self.text_conditional and training and self.caption_dropout_prob > 0:
             # The empty caption (all [PAD]) is the null condition.
@@ -1410,6 +1428,7 @@ class DiffusionModel(PresetMixin, keras.Model):
             "timestep_sampling": self.timestep_sampling,
             "logit_mean": self.logit_mean,
             "logit_std": self.logit_std,
+            "noise_offset": self.noise_offset,
             "autoencoder": (
                 None
                 if self.autoencoder is None
