@@ -326,7 +326,9 @@ class DiffusionModel(PresetMixin, keras.Model):
             noise leaves an image's mean colour only `1 / sqrt(H W)` of noise, so the
             mean (a flat background) is decided in the last few percent of the
             timesteps; the offset spreads that decision over more of them.
-            Sampling starts from plain noise.
+            Sampling starts from plain noise. On `dit_shapes` (0.1) the samples'
+            backgrounds got grayer and the requested shape rarer
+            (docs/dit_shapes.md, What was tried).
         autoencoder: None, or a frozen kzoo `VQVAE` for latent diffusion.
         latent_scale: latent multiplier (`> 0`); None estimates it on the first batch.
         max_generate_steps: largest `num_steps` the exported `generate` accepts.
