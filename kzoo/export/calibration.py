@@ -36,6 +36,20 @@ def materialize(representative_data):
     return list(data)
 
 
+def checked_batches(batches, endpoints, signature_keys=None):
+    """`batches` checked against the SavedModel `endpoints` make, before it is written.
+
+    Lets `serving_default` share its endpoint's batches (`alias_default_signature`) and
+    groups them as the conversion will (`representative_batches`, for `signature_keys`,
+    default every signature), so bad data fails before any file exists. Returns the
+    aliased batches.
+    """
+    batches = alias_default_signature(batches, endpoints)
+    inputs = endpoint_inputs(endpoints)
+    representative_batches(batches, inputs, signature_keys or list(inputs))
+    return batches
+
+
 def alias_default_signature(batches, endpoints):
     """Lets `serving_default` share the batches of the endpoint it copies.
 

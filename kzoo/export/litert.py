@@ -168,10 +168,7 @@ def export_litert(
     else:
         endpoints = _core.get_endpoints(model_or_saved_model_dir)
         if batches is not None:
-            batches = calibration.alias_default_signature(batches, endpoints)
-            # Checked before the SavedModel is written: bad data fails fast.
-            inputs = calibration.endpoint_inputs(endpoints)
-            calibration.representative_batches(batches, inputs, signature_keys or list(inputs))
+            batches = calibration.checked_batches(batches, endpoints, signature_keys)
         with tempfile.TemporaryDirectory(prefix="kzoo-export-") as tmp:
             _core.write_saved_model(model_or_saved_model_dir, endpoints, tmp)
             data = _convert(tmp, quantize, signature_keys, batches, io)
@@ -200,9 +197,8 @@ def _convert(saved_model_dir, quantize, signature_keys, batches=None, io="float"
     if quantize == "int8":
         # TF 2.21's calibrator ends the process (a segmentation fault, no Python error)
         # on a while loop: measured on a DiffusionModel's `generate` (its fori_loop).
-        looping = [
-            k for k in signature_keys if k in _core.saved_model_loop_signatures(saved_model_dir)
-        ]
+        with_loops = _core.saved_model_loop_signatures(saved_model_dir)
+        looping = [k for k in signature_keys if k in with_loops]
         if looping:
             kept = [k for k in signature_keys if k not in looping]
             raise ValueError(

@@ -197,9 +197,7 @@ def export_all(
     endpoints = {} if formats == ("preset",) else _core.get_endpoints(model)
     if int8 is not None:
         # Checked before anything is written (every signature but the PNG twins).
-        int8["batches"] = calibration.alias_default_signature(int8["batches"], endpoints)
-        inputs = calibration.endpoint_inputs(endpoints)
-        calibration.representative_batches(int8["batches"], inputs, list(inputs))
+        int8["batches"] = calibration.checked_batches(int8["batches"], endpoints)
     if check_parity and endpoints:
         parity_batch = _core.default_parity_batch(model, parity_batch)
     out_dir = _core.check_out_dir(out_dir)
