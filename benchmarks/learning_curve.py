@@ -1,4 +1,4 @@
-"""learning_curve: train a class-conditional diffusion recipe, scored on validation as it trains.
+"""learning_curve: train a diffusion recipe, scored on validation as it trains.
 
 Every `--eval-every` steps the EMA weights (or the raw ones without EMA) are swapped
 in and scored on the kzoo_shapes **validation** split, one JSON line each:
@@ -21,6 +21,14 @@ in and scored on the kzoo_shapes **validation** split, one JSON line each:
   shape is decided. A latent model (`autoencoder_workdir` in the recipe) is
   diagnosed in its latent space: MSE in scaled latent units, shape read on the
   decoded x0.
+
+A text-to-image recipe (`text2image_shapes`) is scored by the recipe's own
+`evaluate` on the first `--samples` validation captions (its sampler and settings;
+`--nfe` and `--guidance-scale` as given): per attribute the agreement with the
+caption, overall and under `"novel"` on the captions whose attribute combination
+never occurs in train. Its `diagnosis` conditions on the true caption, a wrong one
+(the same caption with another shape word) and the empty caption (the null
+condition of guidance); `shape_wrong` is again the fraction read as the true shape.
 
 Usage:
     python -m benchmarks.learning_curve RECIPE --steps 4000 --eval-every 1000 \
@@ -138,6 +146,88 @@ class ValidationScorer:
         return rows
 
 
+class TextValidationScorer:
+    """Scores a text-to-image `DiffusionModel` on the kzoo_shapes validation split."""
+
+    def __init__(self, evaluate, image_size, num_samples, diagnosis_images, classifier=None):
+        from kzoo.data import shapes
+        from kzoo.metrics import load_or_train_shapes_classifier
+
+        self.evaluate = evaluate
+        self.num_samples = num_samples
+        data = shapes.generate_split(
+            "validation", num_examples=diagnosis_images, image_size=image_size
+        )
+        self.classifier = classifier or load_or_train_shapes_classifier(image_size=image_size)
+        self.x0 = data["image"].astype("float32") / 127.5 - 1.0
+        self.x0_labels = data["shape"].astype("int32")
+        rng = np.random.default_rng(0)
+        self.noise = rng.standard_normal(self.x0.shape).astype("float32")
+        offset = rng.integers(1, len(shapes.SHAPES), size=diagnosis_images)
+        wrong_shapes = (data["shape"] + offset) % len(shapes.SHAPES)
+        factors = [data[name] for name in shapes.LABEL_NAMES[1:]]
+        self.captions = {
+            "true": [str(c) for c in data["caption"]],
+            "wrong": [
+                shapes.make_caption(shape, *rest)
+                for shape, *rest in zip(wrong_shapes, *factors, strict=True)
+            ],
+            "null": [""] * diagnosis_images,
+        }
+
+    def samples(self, model, nfe, guidance_scale):
+        results = self.evaluate(
+            model,
+            num_examples=self.num_samples,
+            num_steps=nfe,
+            guidance_scale=guidance_scale,
+            classifier=self.classifier,
+            split="validation",
+        )
+        metrics = {
+            "shape_accuracy": results["shape_agreement"],
+            "shape_accuracy_se": results["shape_agreement_se"],
+            "evaluate": results,
+        }
+        return metrics, None
+
+    def diagnosis(self, model):
+        from keras import ops
+
+        from kzoo.diffusion.schedules import add_noise, predict_x0
+
+        x0 = ops.convert_to_tensor(self.x0)
+        texts = {
+            name: model.encode_text(model.tokenize(captions))
+            for name, captions in self.captions.items()
+        }
+        rows = []
+        for t in DIAGNOSIS_TIMESTEPS:
+            timesteps = ops.full((len(self.x0),), t, "int32")
+            x_t = add_noise(model.schedule, x0, self.noise, timesteps)
+            row = {"t": t}
+            for name, text in texts.items():
+                output = model._denoise(x_t, ops.cast(timesteps, "float32"), text, training=False)
+                x0_hat = predict_x0(model.schedule, output, x_t, timesteps, model.prediction_type)
+                x0_hat = np.clip(np.asarray(x0_hat), -1.0, 1.0)
+                row[f"mse_{name}"] = float(np.mean((x0_hat - self.x0) ** 2))
+                row[f"shape_{name}"] = float(
+                    self.classifier.attribute_accuracy(x0_hat, {"shape": self.x0_labels})["shape"]
+                )
+            rows.append(row)
+        return rows
+
+
+def make_scorer(recipe, model, num_samples, diagnosis_images):
+    """The validation scorer for `model`: by caption for text-to-image, else by label."""
+    if model.text_conditional:
+        import importlib
+
+        evaluate = importlib.import_module(f"recipes.{recipe}").evaluate
+        return TextValidationScorer(evaluate, model.image_shape[0], num_samples, diagnosis_images)
+    return ValidationScorer(model.image_shape[0], num_samples, diagnosis_images, model.num_classes)
+
+
 def _swap_in_ema(model):
     """Assign the optimizer's EMA to the model; return the raw values to restore."""
     optimizer = model.optimizer
@@ -166,13 +256,7 @@ def build_recipe_model(recipe, overrides, steps):
     trainer.validate_config(config)
     keras.mixed_precision.set_global_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
-    model_config = dict(config["model"])
-    if config.get("autoencoder_workdir"):
-        # Latent diffusion: the frozen autoencoder of another workdir, as `kzoo train` does.
-        from kzoo.training import checkpoint
-
-        model_config["autoencoder"] = checkpoint.load_trained_model(config["autoencoder_workdir"])
-    model = trainer.build_model(model_config)
+    model = trainer.build_model(trainer.resolve_model_config(config))
     model.compile(optimizer=trainer.build_optimizer(config), jit_compile=config["jit_compile"])
     trainer._build_optimizer_eagerly(model)
     return config, model
@@ -203,9 +287,7 @@ def main(argv=None):
 
     config, model = build_recipe_model(args.recipe, args.overrides, args.steps)
     dataset = trainer.train_dataset(config, model)
-    scorer = ValidationScorer(
-        model.image_shape[0], args.samples, args.diagnosis_images, model.num_classes
-    )
+    scorer = make_scorer(args.recipe, model, args.samples, args.diagnosis_images)
     out = open(args.out, "a") if args.out else sys.stdout
     base = {
         "benchmark": BENCHMARK,
@@ -239,15 +321,17 @@ def main(argv=None):
             }
             _restore(model, raw)
             print(json.dumps(row), file=out, flush=True)
+            kid = f" KID {metrics['kid_mean']:.3f}" if "kid_mean" in metrics else ""
             log(
-                f"step {step}: shape {metrics['shape_accuracy']:.3f} KID {metrics['kid_mean']:.3f} "
+                f"step {step}: shape {metrics['shape_accuracy']:.3f}{kid} "
                 f"loss {row['loss']:.4f} train {state['train_s']:.0f}s"
             )
             if args.workdir:
                 # Every evaluated point is also a workdir like `kzoo train`'s (for `kzoo
                 # sample` and benchmarks.quality_diffusion), so a run stopped early keeps it.
                 os.makedirs(args.workdir, exist_ok=True)
-                np.save(os.path.join(args.workdir, "samples.npy"), images)
+                if images is not None:
+                    np.save(os.path.join(args.workdir, "samples.npy"), images)
                 checkpoint.write_json_atomic(
                     os.path.join(args.workdir, checkpoint.CONFIG_FILE), config
                 )

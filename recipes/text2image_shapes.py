@@ -90,18 +90,21 @@ def evaluate(
     seed=0,
     classifier=None,
     attributes=("shape", "color", "size", "position", "background"),
+    split="test",
 ):
     """Text-to-image faithfulness: a shapes classifier labels the generated images.
 
     Args:
         model: a trained text-to-image `DiffusionModel` on kzoo_shapes images.
-        num_examples: test-split captions to generate from (the split has 1,000).
+        num_examples: captions of `split` to generate from (each split has 1,000).
         num_steps: DDIM steps.
         guidance_scale: classifier-free guidance scale.
         seed: sampling seed.
         classifier: a `ShapesClassifier` for the model's image size; default the
             cached one (`load_or_train_shapes_classifier`, trained once if missing).
         attributes: the caption attributes to score.
+        split: "test" (scored once, for the results), or "validation" (while
+            choices are made: `benchmarks.learning_curve`).
 
     Returns:
         A dict: for each attribute, `{attribute}_agreement` (generated images whose
@@ -120,7 +123,7 @@ def evaluate(
 
     size = model.image_shape[0]
     images, labels = kzoo.data.load_arrays(
-        "kzoo_shapes", split="test", num_examples=num_examples, image_size=size
+        "kzoo_shapes", split=split, num_examples=num_examples, image_size=size
     )
     if classifier is None:
         classifier = load_or_train_shapes_classifier(image_size=size)
@@ -130,8 +133,9 @@ def evaluate(
     )
     predicted = classifier.predict_attributes(generated)
     real = classifier.attribute_accuracy(images, {name: labels[name] for name in attributes})
-    novel = novel_combinations("test", num_examples=len(captions))
+    novel = novel_combinations(split, num_examples=len(captions))
     results = {
+        "split": split,
         "num_examples": len(captions),
         "num_steps": num_steps,
         "guidance_scale": guidance_scale,

@@ -87,3 +87,61 @@ def test_background_oracle_reads_clean_images_and_is_at_chance_in_pure_noise():
         x_t = np.sqrt(alpha) * images + np.sqrt(1 - alpha) * noise
         accuracy = np.mean(background_decision.oracle_background(x_t, alpha, means) == truth)
         assert low <= accuracy <= high, (alpha, accuracy)
+
+
+def test_text_scorer_conditions_on_true_wrong_and_empty_captions_and_scores_validation():
+    import recipes.text2image_shapes as recipe
+    from kzoo.data import shapes
+    from kzoo.data.tokenizer import Tokenizer
+    from kzoo.diffusion import DiffusionModel
+    from kzoo.metrics.features import ShapesClassifier
+    from kzoo.models import TextEncoder, UNet
+
+    keras.utils.set_random_seed(0)
+    vocabulary = Tokenizer("kzoo_shapes").vocabulary_size
+    model = DiffusionModel(
+        UNet(
+            image_shape=(16, 16, 3),
+            channels=(8, 8),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            norm_groups=4,
+            time_embedding_dim=16,
+            mid_attention=False,
+            context_dim=16,
+        ),
+        text_encoder=TextEncoder(vocabulary, 16, hidden_dim=16, num_layers=1, num_heads=2),
+        tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": 16},
+        schedule={"name": "linear", "num_train_timesteps": 1000},
+        prediction_type="v",
+    )
+    scorer = learning_curve.TextValidationScorer(
+        recipe.evaluate, 16, num_samples=4, diagnosis_images=6, classifier=ShapesClassifier(16)
+    )
+    true, wrong = scorer.captions["true"], scorer.captions["wrong"]
+    assert true == [str(c) for c in shapes.generate_split("validation", 6, 16)["caption"]]
+    for a, b in zip(true, wrong, strict=True):
+        # The same caption with another shape word, and nothing else changed.
+        changed = [(x, y) for x, y in zip(a.split(), b.split(), strict=True) if x != y]
+        assert len(changed) == 1 and {changed[0][0], changed[0][1]} <= set(shapes.SHAPES)
+    assert scorer.captions["null"] == [""] * 6
+
+    rows = scorer.diagnosis(model)
+    assert [row["t"] for row in rows] == list(learning_curve.DIAGNOSIS_TIMESTEPS)
+    # Each condition's x0 is the model's own prediction for that caption.
+    from kzoo.diffusion.schedules import add_noise, predict_x0
+
+    t = np.full((6,), rows[0]["t"], "int32")
+    x_t = add_noise(model.schedule, scorer.x0, scorer.noise, t)
+    for name in ("true", "wrong", "null"):
+        token_ids = model.tokenize(scorer.captions[name])
+        output = model([x_t, t.astype("float32"), token_ids])
+        x0_hat = np.clip(np.asarray(predict_x0(model.schedule, output, x_t, t, "v")), -1, 1)
+        expected = float(np.mean((x0_hat - scorer.x0) ** 2))
+        np.testing.assert_allclose(rows[0][f"mse_{name}"], expected, rtol=1e-5)
+    assert rows[0]["mse_true"] != rows[0]["mse_wrong"]  # the captions reach the denoiser
+
+    metrics, images = scorer.samples(model, nfe=1, guidance_scale=3.0)
+    assert images is None and metrics["evaluate"]["split"] == "validation"
+    assert metrics["evaluate"]["num_examples"] == 4
+    assert metrics["shape_accuracy"] == metrics["evaluate"]["shape_agreement"]

@@ -280,15 +280,7 @@ def train(config, workdir, steps=None, verbose="auto", dataset_fn=None):
     with strategy.scope():
         model, _ = ckpt.load_checkpoint(workdir)
         if model is None:
-            model_config = dict(config["model"])
-            if config.get("autoencoder_workdir"):
-                # Latent diffusion: the frozen autoencoder of another workdir.
-                model_config["autoencoder"] = ckpt.load_trained_model(config["autoencoder_workdir"])
-            if config.get("text_encoder_workdir"):
-                model_config["text_encoder"] = _frozen_text_encoder(config["text_encoder_workdir"])
-            elif "text_encoder_workdir" in config and "text_encoder" not in model_config:
-                model_config["text_encoder"] = joint_text_encoder(model_config)
-            model = build_model(model_config)
+            model = build_model(resolve_model_config(config))
             model.compile(optimizer=build_optimizer(config), jit_compile=config["jit_compile"])
         _build_optimizer_eagerly(model)
     if config.get("strategy") == "multi_worker":
@@ -349,6 +341,24 @@ def _frozen_text_encoder(workdir):
         )
     text_encoder.trainable = False
     return text_encoder
+
+
+def resolve_model_config(config):
+    """The recipe's `model` config with the models it takes from other workdirs.
+
+    `autoencoder_workdir` (latent diffusion) adds that workdir's trained model as the
+    frozen `autoencoder`; `text_encoder_workdir` (text-to-image) adds the frozen text
+    tower of that workdir's model, or, when it is `""`, a new text encoder trained
+    jointly (`joint_text_encoder`).
+    """
+    model_config = dict(config["model"])
+    if config.get("autoencoder_workdir"):
+        model_config["autoencoder"] = ckpt.load_trained_model(config["autoencoder_workdir"])
+    if config.get("text_encoder_workdir"):
+        model_config["text_encoder"] = _frozen_text_encoder(config["text_encoder_workdir"])
+    elif "text_encoder_workdir" in config and "text_encoder" not in model_config:
+        model_config["text_encoder"] = joint_text_encoder(model_config)
+    return model_config
 
 
 def joint_text_encoder(model_config):
