@@ -9,8 +9,9 @@ import json
 import os
 import sys
 
+from kzoo.export import QUANTIZE_MODES
+
 EXPORT_FORMATS = ("saved_model", "litert", "preset")
-QUANTIZE = ("none", "float16", "dynamic", "int8")
 # Training batches that calibrate `--quantize int8` (kzoo.export.calibration): 8
 # batches of 32 are 256 examples, within the 100-500 the LiteRT guide suggests.
 DEFAULT_REPRESENTATIVE_BATCHES = 8
@@ -100,7 +101,7 @@ def _parser():
     p.add_argument(
         "--quantize",
         default="none",
-        choices=QUANTIZE,
+        choices=QUANTIZE_MODES,
         help="LiteRT variant; int8 is full-integer, calibrated on training batches",
     )
     p.add_argument(

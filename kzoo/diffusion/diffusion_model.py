@@ -49,6 +49,7 @@ from kzoo.diffusion.schedules import (
     validate_prediction_type,
 )
 from kzoo.layers._trainable import apply_trainable_flag
+from kzoo.layers.checks import is_int, is_number
 from kzoo.presets import PresetMixin
 
 # How `train_step` draws timesteps (see `DiffusionModel`'s `timestep_sampling`).
@@ -67,16 +68,8 @@ PARITY_BATCH_SIZE = 2
 _SEED_MODULUS = 2**31 - 1
 
 
-def _is_int(value):
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
 def _check_seed(seed):
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
     return int(seed)
 
@@ -195,7 +188,7 @@ def resolve_schedule(schedule):
 
 def _static_shape(shape):
     shape = tuple(shape)
-    if shape and all(_is_int(d) and d > 0 for d in shape):
+    if shape and all(is_int(d) and d > 0 for d in shape):
         return tuple(int(d) for d in shape)
     return None
 
@@ -410,12 +403,12 @@ class DiffusionModel(PresetMixin, keras.Model):
         schedule = resolve_schedule(schedule)
         validate_prediction_type(prediction_type)
         num_classes = self._resolve_num_classes(num_classes, denoiser)
-        if not _is_number(class_dropout_prob) or not 0.0 <= class_dropout_prob < 1.0:
+        if not is_number(class_dropout_prob) or not 0.0 <= class_dropout_prob < 1.0:
             raise ValueError(
                 "`class_dropout_prob` must be a number in [0, 1). "
                 f"Received: class_dropout_prob={class_dropout_prob!r}"
             )
-        if snr_gamma is not None and (not _is_number(snr_gamma) or not snr_gamma > 0):
+        if snr_gamma is not None and (not is_number(snr_gamma) or not snr_gamma > 0):
             raise ValueError(
                 f"`snr_gamma` must be None or a number > 0. Received: snr_gamma={snr_gamma!r}"
             )
@@ -424,21 +417,21 @@ class DiffusionModel(PresetMixin, keras.Model):
                 f"`timestep_sampling` must be one of {list(TIMESTEP_SAMPLINGS)}. "
                 f"Received: timestep_sampling={timestep_sampling!r}"
             )
-        if not _is_number(logit_mean):
+        if not is_number(logit_mean):
             raise ValueError(f"`logit_mean` must be a number. Received: logit_mean={logit_mean!r}")
-        if not _is_number(logit_std) or not logit_std > 0:
+        if not is_number(logit_std) or not logit_std > 0:
             raise ValueError(f"`logit_std` must be a number > 0. Received: logit_std={logit_std!r}")
-        if not _is_number(noise_offset) or noise_offset < 0:
+        if not is_number(noise_offset) or noise_offset < 0:
             raise ValueError(
                 f"`noise_offset` must be a number >= 0. Received: noise_offset={noise_offset!r}"
             )
         total = schedule.num_train_timesteps
-        if not _is_int(max_generate_steps) or not 1 <= max_generate_steps <= total:
+        if not is_int(max_generate_steps) or not 1 <= max_generate_steps <= total:
             raise ValueError(
                 f"`max_generate_steps` must be an integer in [1, num_train_timesteps={total}]. "
                 f"Received: max_generate_steps={max_generate_steps!r}"
             )
-        if not _is_int(max_generate_batch) or max_generate_batch < 1:
+        if not is_int(max_generate_batch) or max_generate_batch < 1:
             raise ValueError(
                 "`max_generate_batch` must be an integer >= 1. "
                 f"Received: max_generate_batch={max_generate_batch!r}"
@@ -448,13 +441,13 @@ class DiffusionModel(PresetMixin, keras.Model):
                 f"`export_sampler` must be one of {list(SAMPLERS)}. "
                 f"Received: export_sampler={export_sampler!r}"
             )
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
         if clip_sample is not None and not isinstance(clip_sample, bool):
             raise ValueError(
                 f"`clip_sample` must be None or a bool. Received: clip_sample={clip_sample!r}"
             )
-        if not _is_number(caption_dropout_prob) or not 0.0 <= caption_dropout_prob < 1.0:
+        if not is_number(caption_dropout_prob) or not 0.0 <= caption_dropout_prob < 1.0:
             raise ValueError(
                 "`caption_dropout_prob` must be a number in [0, 1). "
                 f"Received: caption_dropout_prob={caption_dropout_prob!r}"
@@ -465,7 +458,7 @@ class DiffusionModel(PresetMixin, keras.Model):
                     "`latent_scale` applies to latent diffusion only (pass `autoencoder`). "
                     f"Received: latent_scale={latent_scale!r} with autoencoder=None"
                 )
-            if not _is_number(latent_scale) or not latent_scale > 0:
+            if not is_number(latent_scale) or not latent_scale > 0:
                 raise ValueError(
                     f"`latent_scale` must be None or a number > 0. "
                     f"Received: latent_scale={latent_scale!r}"
@@ -535,7 +528,7 @@ class DiffusionModel(PresetMixin, keras.Model):
                 f"`num_classes` must match the denoiser's num_classes={declared}. "
                 f"Received: num_classes={num_classes!r}"
             )
-        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+        if num_classes is not None and (not is_int(num_classes) or num_classes < 1):
             raise ValueError(
                 "`num_classes` must be None or an integer >= 1. "
                 f"Received: num_classes={num_classes!r}"
@@ -927,7 +920,7 @@ class DiffusionModel(PresetMixin, keras.Model):
                 "`guidance_scale` needs a null class trained with class_dropout_prob > 0; "
                 f"this model has class_dropout_prob=0. Received: guidance_scale={guidance_scale!r}"
             )
-        if not _is_number(guidance_scale) or not np.isfinite(guidance_scale):
+        if not is_number(guidance_scale) or not np.isfinite(guidance_scale):
             raise ValueError(
                 "`guidance_scale` must be None or a finite number. "
                 f"Received: guidance_scale={guidance_scale!r}"
@@ -941,7 +934,7 @@ class DiffusionModel(PresetMixin, keras.Model):
                     "Pass `num_images` (or `labels`) to say how many images to generate. "
                     "Received: num_images=None"
                 )
-            if not _is_int(num_images) or num_images < 1:
+            if not is_int(num_images) or num_images < 1:
                 raise ValueError(
                     f"`num_images` must be an integer >= 1. Received: num_images={num_images!r}"
                 )
@@ -973,7 +966,7 @@ class DiffusionModel(PresetMixin, keras.Model):
 
     def _check_num_steps(self, num_steps):
         total = self.schedule.num_train_timesteps
-        if not _is_int(num_steps) or not 1 <= num_steps <= total:
+        if not is_int(num_steps) or not 1 <= num_steps <= total:
             raise ValueError(
                 f"`num_steps` must be an integer in [1, num_train_timesteps={total}]. "
                 f"Received: num_steps={num_steps!r}"
@@ -1060,7 +1053,7 @@ class DiffusionModel(PresetMixin, keras.Model):
                     "A text-to-image model takes captions, not `labels`: call "
                     f"`generate_from_text(captions, ...)`. Received: labels={labels!r}"
                 )
-            if not _is_int(num_images) or num_images < 1:
+            if not is_int(num_images) or num_images < 1:
                 raise ValueError(
                     f"`num_images` must be an integer >= 1. Received: num_images={num_images!r}"
                 )

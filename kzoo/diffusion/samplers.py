@@ -54,6 +54,8 @@ from kzoo.diffusion.schedules import (
     split_prediction,
     validate_prediction_type,
 )
+from kzoo.layers.checks import is_finite_positive, is_int
+from kzoo.layers.seeds import TensorSeed
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -70,18 +72,6 @@ def _round_half_even_div(numerator, denominator):
     return base + ops.cast(round_up, "int32")
 
 
-def _is_int(value):
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_finite_positive(value):
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and 0 < value < float("inf")
-    )
-
-
 def _per_example(values, sample):
     """Reshapes per-example values `(B,)` to `(B, 1, ..., 1)` to broadcast over `sample`.
 
@@ -95,23 +85,6 @@ def _per_example(values, sample):
 
 def _rank(value):
     return len(getattr(value, "shape", np.shape(value)))
-
-
-class _StepSeed(keras.random.SeedGenerator):
-    """A seed whose value is a tensor, for one stateless draw per loop iteration.
-
-    `keras.random` accepts only Python ints or `SeedGenerator`s as seeds. Folding
-    the loop index into a tensor seed needs no variable, so the same seed gives the
-    same samples and an exported endpoint can take the seed as an input.
-    """
-
-    def __init__(self, seed_pair):  # no super().__init__: it would create a variable
-        self.name = "step_seed"
-        self._initial_seed = None
-        self._seed_pair = seed_pair
-
-    def next(self, ordered=True):
-        return self._seed_pair
 
 
 _SEED_MODULUS = 2**31 - 1
@@ -137,7 +110,7 @@ def _base_seed(seed, sampler):
         raise TypeError(
             f"`seed` must be an int, a SeedGenerator or a tensor. Received: seed={seed}"
         )
-    if _is_int(seed):
+    if is_int(seed):
         return _mix_seed(int(seed) % _SEED_MODULUS)
     return _mix_seed(seed)
 
@@ -192,15 +165,15 @@ class Sampler:
                 f"`timestep_spacing` must be one of {list(TIMESTEP_SPACINGS)}. "
                 f"Received: timestep_spacing={timestep_spacing!r}"
             )
-        if not _is_int(steps_offset) or steps_offset < 0:
+        if not is_int(steps_offset) or steps_offset < 0:
             raise ValueError(
                 f"`steps_offset` must be an integer >= 0. Received: steps_offset={steps_offset!r}"
             )
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
         if not isinstance(clip_sample, bool):
             raise ValueError(f"`clip_sample` must be a bool. Received: clip_sample={clip_sample!r}")
-        if not _is_finite_positive(clip_sample_range):
+        if not is_finite_positive(clip_sample_range):
             raise ValueError(
                 "`clip_sample_range` must be a finite number > 0. "
                 f"Received: clip_sample_range={clip_sample_range!r}"
@@ -257,7 +230,7 @@ class Sampler:
 
     def _validate_num_steps(self, num_inference_steps):
         total = self.schedule.num_train_timesteps
-        if _is_int(num_inference_steps):
+        if is_int(num_inference_steps):
             if not 1 <= num_inference_steps <= total:
                 raise ValueError(
                     "`num_inference_steps` must be an integer in "
@@ -285,7 +258,7 @@ class Sampler:
             The int32 (float32 for Euler/Heun) tensor of timesteps handed to the
             denoiser, one per model call (`sampler.timesteps`).
         """
-        if not _is_int(num_inference_steps):
+        if not is_int(num_inference_steps):
             raise ValueError(
                 "`set_timesteps` takes a Python int (use `sample` for a tensor). "
                 f"Received: num_inference_steps={num_inference_steps!r}"
@@ -818,7 +791,7 @@ class HeunSampler(EulerSampler):
         clip_sample=False,
         clip_sample_range=1.0,
     ):
-        if sigma_max is not None and not _is_finite_positive(sigma_max):
+        if sigma_max is not None and not is_finite_positive(sigma_max):
             raise ValueError(
                 "`sigma_max` must be None or a finite number > 0. "
                 f"Received: sigma_max={sigma_max!r}"
@@ -1006,10 +979,10 @@ def _step_noise(base_seed, step, x):
     """Standard normal noise of one step: one draw per example for per-example seeds."""
     if _rank(base_seed) == 0:
         step_seed = ops.stack([base_seed, _STEP_OFFSET + ops.cast(step, "int32")])
-        return keras.random.normal(ops.shape(x), dtype=x.dtype, seed=_StepSeed(step_seed))
+        return keras.random.normal(ops.shape(x), dtype=x.dtype, seed=TensorSeed(step_seed))
     steps = ops.broadcast_to(ops.cast(step, "int32"), ops.shape(base_seed))
     seeds = ops.stack([base_seed, _STEP_OFFSET + steps], axis=1)  # (B, 2)
     shape = tuple(x.shape[1:])
     return ops.map(
-        lambda pair: keras.random.normal(shape, dtype=x.dtype, seed=_StepSeed(pair)), seeds
+        lambda pair: keras.random.normal(shape, dtype=x.dtype, seed=TensorSeed(pair)), seeds
     )

@@ -30,6 +30,8 @@ import uuid
 import keras
 import tensorflow as tf
 
+from kzoo.layers.checks import is_number
+
 DEFAULT_SIGNATURE = "serving_default"
 # An endpoint named `serve` makes the TFLite converter silently drop all other signatures.
 RESERVED_ENDPOINT_NAMES = ("serve",)
@@ -103,10 +105,6 @@ def get_endpoints(model):
     return endpoints
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_limits(endpoint_name, tensor_specs, limits):
     """Validates an endpoint's `limits` dict against its input specs."""
     if limits is None:
@@ -143,7 +141,7 @@ def _check_limits(endpoint_name, tensor_specs, limits):
         if not (
             isinstance(value, (tuple, list))
             and len(value) == 2
-            and all(_is_number(v) for v in value)
+            and all(is_number(v) for v in value)
             and value[0] <= value[1]
         ):
             raise ValueError(

@@ -14,7 +14,7 @@ softmax run in float32 under mixed precision.
 import keras
 from keras import ops
 
-from kzoo.layers.embeddings import _check_positive_int
+from kzoo.layers.checks import check_positive_int
 
 LAYER_NORM_EPSILON = 1e-6
 
@@ -66,8 +66,8 @@ class AdaLNZeroBlock(keras.layers.Layer):
         self, hidden_size, num_heads, mlp_ratio=4.0, mlp_norm_epsilon=LAYER_NORM_EPSILON, **kwargs
     ):
         super().__init__(**kwargs)
-        _check_positive_int(hidden_size, "hidden_size")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_heads", num_heads)
         if hidden_size % num_heads:
             raise ValueError(
                 f"`num_heads` must divide `hidden_size`={hidden_size}. "
@@ -161,7 +161,7 @@ class AdaLNFinalLayer(keras.layers.Layer):
 
     def __init__(self, output_dim, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(output_dim, "output_dim")
+        check_positive_int("output_dim", output_dim)
         self.output_dim = output_dim
         self.modulation = None
         self.linear = keras.layers.Dense(
@@ -237,9 +237,9 @@ class CrossAttention(keras.layers.Layer):
 
     def __init__(self, num_heads, key_dim=None, dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("num_heads", num_heads)
         if key_dim is not None:
-            _check_positive_int(key_dim, "key_dim")
+            check_positive_int("key_dim", key_dim)
         _check_rate(dropout, "dropout")
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -336,7 +336,7 @@ class ConcatFusion(keras.layers.Layer):
     def __init__(self, output_dim=None, **kwargs):
         super().__init__(**kwargs)
         if output_dim is not None:
-            _check_positive_int(output_dim, "output_dim")
+            check_positive_int("output_dim", output_dim)
         self.output_dim = output_dim
 
     def build(self, x_shape, conditioning_shape=None):
@@ -391,7 +391,7 @@ class GatedFusion(keras.layers.Layer):
 
     def __init__(self, num_heads, mlp_ratio=4.0, dropout=0.0, layer_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("num_heads", num_heads)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or mlp_ratio <= 0:
             raise ValueError(f"`mlp_ratio` must be positive. Received: mlp_ratio={mlp_ratio!r}")
         _check_rate(dropout, "dropout")

@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from kzoo.layers.checks import check_positive_int
+
 
 def timestep_embedding(timesteps, dim, max_period=10000.0, flip_sin_to_cos=True, freq_shift=0.0):
     """Sinusoidal embedding of (possibly fractional) timesteps, computed in float32.
@@ -107,7 +109,7 @@ class SinusoidalTimestepEmbedding(keras.layers.Layer):
     def __init__(self, dim, max_period=10000.0, flip_sin_to_cos=True, freq_shift=0.0, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        _check_positive_int(dim, "dim")
+        check_positive_int("dim", dim)
         if dim // 2 - freq_shift <= 0:
             raise ValueError(
                 f"`freq_shift` must be smaller than dim // 2 = {dim // 2}. "
@@ -164,8 +166,8 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, hidden_size, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(patch_size, "patch_size")
-        _check_positive_int(hidden_size, "hidden_size")
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("hidden_size", hidden_size)
         self.patch_size = patch_size
         self.hidden_size = hidden_size
         self.proj = None
@@ -262,11 +264,6 @@ class SinCosPositionEmbedding2D(keras.layers.Layer):
         config = super().get_config()
         config.update({"grid_size": self.grid_size, "max_period": self.max_period})
         return config
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 def _pair(value, name):

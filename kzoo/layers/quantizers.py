@@ -44,6 +44,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kzoo.layers.checks import check_positive_int, is_number
+
 # Under a data-parallel strategy each replica sees its own shard, so the EMA
 # statistics must be summed across replicas or the codebooks drift apart.
 # Layers cannot import TensorFlow; `kzoo.training.distribute` installs the
@@ -390,8 +392,8 @@ class VectorQuantizer(_Quantizer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("codebook_size", codebook_size)
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("codebook_size", codebook_size)
+        check_positive_int("embedding_dim", embedding_dim)
         for arg, value in (
             ("commitment_cost", commitment_cost),
             ("codebook_cost", codebook_cost),
@@ -399,18 +401,18 @@ class VectorQuantizer(_Quantizer):
             ("orthogonal_reg_weight", orthogonal_reg_weight),
         ):
             _check_non_negative(arg, value)
-        if decay is not None and not (_is_number(decay) and 0.0 < decay < 1.0):
+        if decay is not None and not (is_number(decay) and 0.0 < decay < 1.0):
             raise ValueError(
                 f"`decay` must be None or a float in (0, 1). Received: decay={decay!r}"
             )
-        if not (_is_number(epsilon) and epsilon > 0):
+        if not (is_number(epsilon) and epsilon > 0):
             raise ValueError(f"`epsilon` must be a positive float. Received: epsilon={epsilon!r}")
         _check_bool("kmeans_init", kmeans_init)
         _check_bool("use_cosine", use_cosine)
-        _check_positive_int("kmeans_iters", kmeans_iters)
-        _check_positive_int("dead_code_window", dead_code_window)
+        check_positive_int("kmeans_iters", kmeans_iters)
+        check_positive_int("dead_code_window", dead_code_window)
         if code_dim is not None:
-            _check_positive_int("code_dim", code_dim)
+            check_positive_int("code_dim", code_dim)
         if gradient_estimator not in GRADIENT_ESTIMATORS:
             raise ValueError(
                 f"`gradient_estimator` must be one of {GRADIENT_ESTIMATORS}. "
@@ -843,9 +845,9 @@ class ResidualVQ(_Quantizer):
     ):
         vq_options, kwargs = _split_vq_options(kwargs)
         super().__init__(**kwargs)
-        _check_positive_int("num_quantizers", num_quantizers)
+        check_positive_int("num_quantizers", num_quantizers)
         _check_bool("shared_codebook", shared_codebook)
-        if not (_is_number(quantizer_dropout) and 0.0 <= quantizer_dropout <= 1.0):
+        if not (is_number(quantizer_dropout) and 0.0 <= quantizer_dropout <= 1.0):
             raise ValueError(
                 "`quantizer_dropout` must be a probability in [0, 1]. "
                 f"Received: quantizer_dropout={quantizer_dropout!r}"
@@ -1011,8 +1013,8 @@ class GroupedVQ(_Quantizer):
     def __init__(self, num_groups, codebook_size, embedding_dim, seed=None, **kwargs):
         vq_options, kwargs = _split_vq_options(kwargs)
         super().__init__(**kwargs)
-        _check_positive_int("num_groups", num_groups)
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("num_groups", num_groups)
+        check_positive_int("embedding_dim", embedding_dim)
         if embedding_dim % num_groups:
             raise ValueError(
                 f"`num_groups` must divide `embedding_dim`={embedding_dim}. "
@@ -1188,7 +1190,7 @@ class FSQ(_ImplicitQuantizer):
             )
         if embedding_dim is None:
             embedding_dim = len(levels)
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("embedding_dim", embedding_dim)
         self.levels = [int(lv) for lv in levels]
         self.embedding_dim = int(embedding_dim)
         self.codebook_size = codebook_size
@@ -1303,14 +1305,14 @@ class LFQ(_ImplicitQuantizer):
             )
         if embedding_dim is None:
             embedding_dim = num_bits
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("embedding_dim", embedding_dim)
         for arg, value in (
             ("entropy_loss_weight", entropy_loss_weight),
             ("commitment_cost", commitment_cost),
             ("diversity_gamma", diversity_gamma),
         ):
             _check_non_negative(arg, value)
-        if not (_is_number(entropy_temperature) and entropy_temperature > 0):
+        if not (is_number(entropy_temperature) and entropy_temperature > 0):
             raise ValueError(
                 "`entropy_temperature` must be a positive float. "
                 f"Received: entropy_temperature={entropy_temperature!r}"
@@ -1397,17 +1399,8 @@ class LFQ(_ImplicitQuantizer):
         return config
 
 
-def _is_number(value):
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_positive_int(arg, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
-
-
 def _check_non_negative(arg, value):
-    if not _is_number(value) or value < 0:
+    if not is_number(value) or value < 0:
         raise ValueError(f"`{arg}` must be a non-negative number. Received: {arg}={value!r}")
 
 

@@ -17,13 +17,10 @@ the output projection's bias: finite, and independent of the padded keys.
 import keras
 from keras import ops
 
+from kzoo.layers.checks import check_positive_int
+
 # Added to masked float32 scores; finite so an all-masked row cannot produce NaN.
 _MASKED_SCORE = -1e9
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 def _check_rate(value, name):
@@ -119,11 +116,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self, num_heads, key_dim=None, output_dim=None, dropout=0.0, use_bias=True, **kwargs
     ):
         super().__init__(**kwargs)
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("num_heads", num_heads)
         if key_dim is not None:
-            _check_positive_int(key_dim, "key_dim")
+            check_positive_int("key_dim", key_dim)
         if output_dim is not None:
-            _check_positive_int(output_dim, "output_dim")
+            check_positive_int("output_dim", output_dim)
         _check_rate(dropout, "dropout")
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -240,15 +237,15 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int(hidden_dim, "hidden_dim")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_heads", num_heads)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"`num_heads` must divide `hidden_dim`={hidden_dim}. "
                 f"Received: num_heads={num_heads!r}"
             )
         if mlp_dim is not None:
-            _check_positive_int(mlp_dim, "mlp_dim")
+            check_positive_int("mlp_dim", mlp_dim)
         _check_rate(dropout, "dropout")
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -359,7 +356,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     def __init__(self, sequence_length, initializer_stddev=0.02, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(sequence_length, "sequence_length")
+        check_positive_int("sequence_length", sequence_length)
         self.sequence_length = sequence_length
         self.initializer_stddev = initializer_stddev
 

@@ -27,13 +27,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from kzoo.layers.transformer import PositionEmbedding, TransformerBlock, _check_positive_int
+from kzoo.layers.checks import check_positive_int
+from kzoo.layers.transformer import PositionEmbedding, TransformerBlock
 from kzoo.models.code_prior import sample_logits
-from kzoo.models.dual_encoder import (
+from kzoo.models.image_text import (
     ImageCaptionPairsMixin,
-    _build_image_encoder,
-    _is_host_strings,
-    _require_shape,
+    build_image_encoder,
+    is_host_strings,
+    require_shape,
+    unpack_pair,
 )
 from kzoo.presets import PresetMixin
 
@@ -126,10 +128,10 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     ):
         kwargs.setdefault("name", "captioner")
         super().__init__(**kwargs)
-        _check_positive_int(hidden_dim, "hidden_dim")
-        _check_positive_int(num_layers, "num_layers")
-        _check_positive_int(num_heads, "num_heads")
-        _check_positive_int(max_batch, "max_batch")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("max_batch", max_batch)
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(
                 "`max_length` must be an integer >= 2 (one word and the [EOS]). "
@@ -150,7 +152,7 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
             add_eos=True,
             name="tokenizer",
         )
-        self.image_encoder = _build_image_encoder(image_encoder)
+        self.image_encoder = build_image_encoder(image_encoder)
         sequence = self.image_encoder.output
         if not isinstance(sequence, dict) or "sequence" not in sequence:
             raise ValueError(
@@ -216,7 +218,7 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         return self.tokenizer.detokenize(token_ids)
 
     def _check_images(self, images):
-        if _is_host_strings(images):
+        if is_host_strings(images):
             raise ValueError(
                 f"`images` must be float images of shape (batch, {self._shape_text()}). "
                 f"Received: images of type {type(images).__name__}"
@@ -251,7 +253,7 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         return self.head(self.final_norm(x))
 
     def _token_ids(self, captions):
-        if _is_host_strings(captions):
+        if is_host_strings(captions):
             return self.tokenizer(captions)
         dtype = keras.backend.standardize_dtype(captions.dtype)
         if dtype == "string":
@@ -270,13 +272,21 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     # === Forward ===
     def __call__(self, inputs, *args, **kwargs):
         # Keras takes only tensors positionally: tokenize Python / NumPy strings first.
-        images, captions = _unpack_pair(inputs)
-        if _is_host_strings(captions):
+        images, captions = unpack_pair(
+            inputs,
+            "Captioner",
+            "`caption` or `generate` for images alone (teacher forcing takes both)",
+        )
+        if is_host_strings(captions):
             inputs = (images, self.tokenizer(captions))
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
-        images, captions = _unpack_pair(inputs)
+        images, captions = unpack_pair(
+            inputs,
+            "Captioner",
+            "`caption` or `generate` for images alone (teacher forcing takes both)",
+        )
         token_ids = self._token_ids(captions)  # (B, max_length + 1)
         logits = self.decode(
             self.encode_images(images, training=training), token_ids[:, :-1], training=training
@@ -383,12 +393,12 @@ class Captioner(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         image_spec = keras.InputSpec(shape=image_shape, dtype="float32", name="images")
 
         def caption(images):
-            images = _require_shape(images, image_shape)
+            images = require_shape(images, image_shape)
             token_ids = self.generate(images)
             return {"captions": self.detokenize(token_ids), "token_ids": token_ids}
 
         def encode_image(images):
-            images = _require_shape(images, image_shape)
+            images = require_shape(images, image_shape)
             return {"image_features": self.encode_images(images)}
 
         return {
@@ -497,23 +507,6 @@ class CaptionerTokenEndpoints(keras.layers.Layer):
     def export_parity_batch(self):
         batch = self.captioner.export_parity_batch()
         return {key: batch[key] for key in ("encode_image", "next_token_logits")}
-
-
-def _unpack_pair(inputs):
-    if isinstance(inputs, dict):
-        missing = [k for k in ("images", "captions") if k not in inputs]
-        if missing:
-            raise ValueError(
-                "Captioner takes {'images': ..., 'captions': ...}. "
-                f"Received: a dict with keys {sorted(inputs)}"
-            )
-        return inputs["images"], inputs["captions"]
-    if isinstance(inputs, tuple | list) and len(inputs) == 2:
-        return inputs[0], inputs[1]
-    raise ValueError(
-        "Captioner takes an `(images, captions)` pair (teacher forcing); use `caption` or "
-        f"`generate` for images alone. Received: inputs of type {type(inputs).__name__}"
-    )
 
 
 def _check_decoding(method, top_k, temperature, vocabulary_size):

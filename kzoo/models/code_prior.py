@@ -28,6 +28,8 @@ import numpy as np
 from keras import ops
 
 from kzoo.layers import PositionEmbedding, TransformerBlock
+from kzoo.layers.checks import check_positive_int
+from kzoo.layers.seeds import TensorSeed
 from kzoo.presets import PresetMixin
 
 _MASKED_LOGIT = -1e9
@@ -43,27 +45,6 @@ def _is_strings(captions):
         return captions.dtype.kind in "OUS"
     dtype = getattr(captions, "dtype", None)
     return dtype is not None and keras.backend.standardize_dtype(dtype) == "string"
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
-class _TensorSeed(keras.random.SeedGenerator):
-    """A "seed generator" that always returns one given `(2,)` seed tensor.
-
-    `keras.random` takes an int or a `SeedGenerator`, not a seed tensor; this lets
-    a seed computed in the graph (a served request's seed, the loop step) drive
-    the stateless sampler, so equal seeds give equal samples with no state.
-    """
-
-    def __init__(self, seed):  # no super().__init__: no state variable to track or save
-        self._seed = ops.cast(seed, "int32")
-
-    def next(self, ordered=True):
-        return self._seed
 
 
 def prior_inputs(codes, start_tokens):
@@ -117,11 +98,11 @@ def sample_logits(logits, seed, temperature=1.0, top_k=None):
     if len(seed.shape) == 2:
         return ops.map(
             lambda row: keras.random.categorical(
-                row[0][None], 1, dtype="int32", seed=_TensorSeed(row[1])
+                row[0][None], 1, dtype="int32", seed=TensorSeed(row[1])
             )[0, 0],
             (logits, ops.cast(seed, "int32")),
         )
-    samples = keras.random.categorical(logits, 1, dtype="int32", seed=_TensorSeed(seed))
+    samples = keras.random.categorical(logits, 1, dtype="int32", seed=TensorSeed(seed))
     return samples[:, 0]
 
 
@@ -211,7 +192,7 @@ class CodePrior(PresetMixin, keras.Model):
     ):
         kwargs.setdefault("name", "code_prior")
         super().__init__(**kwargs)
-        _check_positive_int(codebook_size, "codebook_size")
+        check_positive_int("codebook_size", codebook_size)
         if not (
             isinstance(grid_shape, list | tuple)
             and len(grid_shape) == 2
@@ -221,16 +202,16 @@ class CodePrior(PresetMixin, keras.Model):
                 f"`grid_shape` must be (height, width) of positive integers. "
                 f"Received: grid_shape={grid_shape!r}"
             )
-        _check_positive_int(hidden_dim, "hidden_dim")
-        _check_positive_int(num_layers, "num_layers")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("num_heads", num_heads)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"`num_heads` must divide `hidden_dim`={hidden_dim}. "
                 f"Received: num_heads={num_heads!r}"
             )
         if num_classes is not None:
-            _check_positive_int(num_classes, "num_classes")
+            check_positive_int("num_classes", num_classes)
         captioned = caption_vocabulary is not None
         if num_classes is not None and (captioned or max_caption_length is not None):
             raise ValueError(
@@ -249,7 +230,7 @@ class CodePrior(PresetMixin, keras.Model):
         self.caption_tokenizer = None
         if captioned:
             max_caption_length = 16 if max_caption_length is None else max_caption_length
-            _check_positive_int(max_caption_length, "max_caption_length")
+            check_positive_int("max_caption_length", max_caption_length)
             # Imported on use: the tokenizer needs TensorFlow (tf.strings), which
             # `kzoo.models` does not import at module load.
             from kzoo.data.tokenizer import Tokenizer
@@ -687,7 +668,7 @@ class Generator(PresetMixin, keras.Model):
                 f"tokenizer codebook_size={getattr(tokenizer, 'codebook_size', None)}, "
                 f"latent_shape={getattr(tokenizer, 'latent_shape', None)}"
             )
-        _check_positive_int(max_batch, "max_batch")
+        check_positive_int("max_batch", max_batch)
         self.prior = prior
         self.tokenizer = tokenizer
         self.temperature = temperature

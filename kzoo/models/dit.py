@@ -25,7 +25,7 @@ from kzoo.layers import (
     SinusoidalTimestepEmbedding,
 )
 from kzoo.layers._trainable import apply_trainable_flag
-from kzoo.layers.embeddings import _check_positive_int
+from kzoo.layers.checks import check_positive_int
 from kzoo.models.unet import (
     _check_context_dim,
     _check_int_tuple,
@@ -132,12 +132,12 @@ class DiT(PresetMixin, keras.Model):
                 f"Received: num_classes={num_classes!r}, context_dim={context_dim!r}"
             )
         _check_context_dim(context_dim, num_classes)
-        _check_positive_int(patch_size, "patch_size")
-        _check_positive_int(hidden_size, "hidden_size")
-        _check_positive_int(depth, "depth")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("depth", depth)
+        check_positive_int("num_heads", num_heads)
         if num_classes is not None:
-            _check_positive_int(num_classes, "num_classes")
+            check_positive_int("num_classes", num_classes)
         if input_shape[0] % patch_size or input_shape[1] % patch_size:
             raise ValueError(
                 f"`patch_size` must divide the height and width of `input_shape`={input_shape}. "

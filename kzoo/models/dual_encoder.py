@@ -26,7 +26,13 @@ import numpy as np
 from keras import ops
 
 from kzoo.layers._trainable import apply_trainable_flag
-from kzoo.models.image_encoder import ImageEncoder
+from kzoo.models.image_text import (
+    ImageCaptionPairsMixin,
+    build_image_encoder,
+    is_host_strings,
+    require_shape,
+    unpack_pair,
+)
 from kzoo.models.text_encoder import TextEncoder
 from kzoo.presets import PresetMixin
 
@@ -109,41 +115,6 @@ def contrastive_loss(
     image_loss = keras.losses.categorical_crossentropy(image_targets, logits, from_logits=True)
     text_loss = keras.losses.categorical_crossentropy(text_targets, text_logits, from_logits=True)
     return 0.5 * (ops.mean(image_loss) + ops.mean(text_loss))
-
-
-class ImageCaptionPairsMixin:
-    """`fit`/`evaluate`/steps of a model whose inputs are `(images, captions)` pairs.
-
-    Keras' default unpacking reads a 2-tuple batch as `(x, y)`; both are inputs here,
-    and NumPy `str` caption arrays become object arrays Keras can slice.
-    """
-
-    def _pack(self, data):
-        # fit's default unpacking reads `(images, captions)` as `(x, y)`; both are inputs.
-        if isinstance(data, dict) or (isinstance(data, tuple | list) and len(data) == 1):
-            return data
-        if isinstance(data, tuple | list) and len(data) == 2:
-            return ((data[0], data[1]),)
-        raise ValueError(
-            f"{type(self).__name__} trains on `(images, captions)` pairs. "
-            f"Received: a batch of {type(data).__name__} with {len(data)} elements"
-        )
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; captions may also be a NumPy array of `str`."""
-        return super().fit(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        return super().evaluate(_object_strings(x), _object_strings(y), *args, **kwargs)
-
-    def train_step(self, data):
-        return super().train_step(self._pack(data))
-
-    def test_step(self, data):
-        return super().test_step(self._pack(data))
-
-    def predict_step(self, data):
-        return super().predict_step(self._pack(data))
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -277,7 +248,7 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         # === Layers ===
         self.tokenizer = _build_tokenizer(tokenizer)
         self.text_encoder = _build_text_encoder(text_encoder, self.tokenizer)
-        self.image_encoder = _build_image_encoder(image_encoder)
+        self.image_encoder = build_image_encoder(image_encoder)
         self.text_projection = keras.layers.Dense(
             embedding_dim, use_bias=False, name="text_projection"
         )
@@ -352,7 +323,7 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         return l2_normalize(self.image_projection(pooled))
 
     def _token_ids(self, captions):
-        if _is_host_strings(captions):
+        if is_host_strings(captions):
             return self.tokenizer(captions)
         dtype = keras.backend.standardize_dtype(captions.dtype)
         if dtype == "string":
@@ -366,13 +337,17 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     # === Forward ===
     def __call__(self, inputs, *args, **kwargs):
         # Keras takes only tensors positionally: tokenize Python / NumPy strings first.
-        images, captions = _unpack_pair(inputs)
-        if _is_host_strings(captions):
+        images, captions = unpack_pair(
+            inputs, "DualEncoder", "`encode_image` or `encode_text` for one modality"
+        )
+        if is_host_strings(captions):
             inputs = (images, self.tokenizer(captions))
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
-        images, captions = _unpack_pair(inputs)
+        images, captions = unpack_pair(
+            inputs, "DualEncoder", "`encode_image` or `encode_text` for one modality"
+        )
         caption_ids = self._token_ids(captions)
         token_ids = shortened_ids = caption_ids
         if training and self.word_dropout > 0:
@@ -610,16 +585,16 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
         image_shape = (None, *self.image_shape)
 
         def encode_image(images):
-            images = _require_shape(images, image_shape)
+            images = require_shape(images, image_shape)
             return {"embeddings": self.encode_image(images)}
 
         def encode_text(text):
-            text = _require_shape(text, (None,))
+            text = require_shape(text, (None,))
             return {"embeddings": self.encode_text(text)}
 
         def similarity(images, text):
-            images = _require_shape(images, image_shape)
-            text = _require_shape(text, (None,))
+            images = require_shape(images, image_shape)
+            text = require_shape(text, (None,))
             cosine = ops.matmul(self.encode_image(images), ops.transpose(self.encode_text(text)))
             probabilities = ops.softmax(self.scale() * cosine, axis=-1)
             return {"similarity": cosine, "probabilities": probabilities}
@@ -737,57 +712,6 @@ class DualEncoderTokenEndpoints(keras.layers.Layer):
         return {"encode_text": {"token_ids": ops.convert_to_numpy(model.tokenize(text))}}
 
 
-def _require_shape(tensor, expected):
-    """`tensor` checked at run time to have the `expected` shape (None = any size).
-
-    A SavedModel signature checks the dtype of its inputs but not their shape, so
-    a wrong-sized image would otherwise fail deep inside the network with an
-    unrelated reshape error. `tf.ensure_shape` fails first, with
-    "Shape of tensor images [1,32,32,3] is not compatible with expected shape
-    [?,16,16,3]". Export-time only (signatures are TensorFlow graphs), hence the
-    local import.
-    """
-    import tensorflow as tf
-
-    return tf.ensure_shape(tensor, expected)
-
-
-def _unpack_pair(inputs):
-    if isinstance(inputs, dict):
-        missing = [k for k in ("images", "captions") if k not in inputs]
-        if missing:
-            raise ValueError(
-                "DualEncoder takes {'images': ..., 'captions': ...}. "
-                f"Received: a dict with keys {sorted(inputs)}"
-            )
-        return inputs["images"], inputs["captions"]
-    if isinstance(inputs, tuple | list) and len(inputs) == 2:
-        return inputs[0], inputs[1]
-    raise ValueError(
-        "DualEncoder takes an `(images, captions)` pair; use `encode_image` or "
-        f"`encode_text` for one modality. Received: inputs of type {type(inputs).__name__}"
-    )
-
-
-def _is_host_strings(captions):
-    """Python strings or a NumPy array of them (which Keras cannot take positionally)."""
-    if isinstance(captions, list | tuple | str | bytes):
-        return True
-    return isinstance(captions, np.ndarray) and captions.dtype.kind in "OUS"
-
-
-def _object_strings(value):
-    # Keras' array adapter rejects NumPy unicode/bytes arrays ("Invalid dtype: str..."),
-    # but slices object arrays of strings into tf.string batches.
-    if isinstance(value, np.ndarray) and value.dtype.kind in "US":
-        return value.astype(object)
-    if isinstance(value, tuple | list) and any(
-        isinstance(v, np.ndarray) and v.dtype.kind in "US" for v in value
-    ):
-        return type(value)(_object_strings(v) for v in value)
-    return value
-
-
 def identical_rows(caption_ids, text_ids):
     """`(B_captions, B_texts)` bool: caption `i` and text `j` have the same token ids."""
     captions = ops.cast(caption_ids, "int32")
@@ -874,17 +798,6 @@ def _build_text_encoder(text_encoder, tokenizer):
             f"{tokenizer.sequence_length}. Received: text_encoder.sequence_length={length}"
         )
     return apply_trainable_flag(text_encoder)
-
-
-def _build_image_encoder(image_encoder):
-    if isinstance(image_encoder, dict):
-        image_encoder = ImageEncoder(**image_encoder)
-    if not isinstance(image_encoder, keras.Model) or not hasattr(image_encoder, "image_shape"):
-        raise ValueError(
-            "`image_encoder` must be an ImageEncoder (a keras.Model with `image_shape`) or "
-            f"a dict of its arguments. Received: image_encoder={image_encoder!r}"
-        )
-    return apply_trainable_flag(image_encoder)
 
 
 def _pooled_width(encoder, name):

@@ -13,13 +13,13 @@ import keras
 from keras import ops
 
 from kzoo.layers._trainable import apply_trainable_flag
+from kzoo.layers.checks import check_positive_int
 from kzoo.layers.embeddings import PatchEmbedding
 from kzoo.layers.normalization import GroupNorm
 from kzoo.layers.resblocks import Downsample, ResBlock
 from kzoo.layers.transformer import (
     PositionEmbedding,
     TransformerBlock,
-    _check_positive_int,
     _check_rate,
 )
 from kzoo.presets import PresetMixin
@@ -108,7 +108,7 @@ class ImageEncoder(PresetMixin, keras.Model):
         image_shape = _check_image_shape(image_shape)
         if kind not in KINDS:
             raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
-        _check_positive_int(hidden_dim, "hidden_dim")
+        check_positive_int("hidden_dim", hidden_dim)
         _check_rate(dropout, "dropout")
         if pooling is None:
             pooling = "cls" if kind == "vit" else "mean"
@@ -120,9 +120,9 @@ class ImageEncoder(PresetMixin, keras.Model):
             )
         channels = tuple(channels) if isinstance(channels, list | tuple) else channels
         if kind == "vit":
-            _check_positive_int(patch_size, "patch_size")
-            _check_positive_int(num_layers, "num_layers")
-            _check_positive_int(num_heads, "num_heads")
+            check_positive_int("patch_size", patch_size)
+            check_positive_int("num_layers", num_layers)
+            check_positive_int("num_heads", num_heads)
             if hidden_dim % num_heads:
                 raise ValueError(
                     f"`num_heads` must divide `hidden_dim`={hidden_dim}. "
@@ -148,8 +148,8 @@ class ImageEncoder(PresetMixin, keras.Model):
                     "`channels` must be a non-empty sequence of positive integers. "
                     f"Received: channels={channels!r}"
                 )
-            _check_positive_int(num_res_blocks, "num_res_blocks")
-            _check_positive_int(norm_groups, "norm_groups")
+            check_positive_int("num_res_blocks", num_res_blocks)
+            check_positive_int("norm_groups", norm_groups)
             if any(c % norm_groups for c in channels):
                 raise ValueError(
                     f"`norm_groups` must divide every entry of `channels`={channels}. "

@@ -9,10 +9,10 @@ import keras
 from keras import ops
 
 from kzoo.layers._trainable import apply_trainable_flag
+from kzoo.layers.checks import check_positive_int
 from kzoo.layers.transformer import (
     PositionEmbedding,
     TransformerBlock,
-    _check_positive_int,
     _check_rate,
 )
 from kzoo.presets import PresetMixin
@@ -87,11 +87,11 @@ class TextEncoder(PresetMixin, keras.Model):
         causal=False,
         **kwargs,
     ):
-        _check_positive_int(vocabulary_size, "vocabulary_size")
-        _check_positive_int(sequence_length, "sequence_length")
-        _check_positive_int(hidden_dim, "hidden_dim")
-        _check_positive_int(num_layers, "num_layers")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("vocabulary_size", vocabulary_size)
+        check_positive_int("sequence_length", sequence_length)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("num_heads", num_heads)
         _check_rate(dropout, "dropout")
         if hidden_dim % num_heads:
             raise ValueError(

@@ -33,7 +33,7 @@ from kzoo.layers import (
     Upsample,
 )
 from kzoo.layers._trainable import apply_trainable_flag
-from kzoo.layers.embeddings import _check_positive_int
+from kzoo.layers.checks import check_positive_int
 from kzoo.presets import PresetMixin
 
 
@@ -117,14 +117,14 @@ class UNet(PresetMixin, keras.Model):
         attention_resolutions = _check_int_tuple(
             attention_resolutions, "attention_resolutions", allow_empty=True
         )
-        _check_positive_int(num_res_blocks, "num_res_blocks")
-        _check_positive_int(norm_groups, "norm_groups")
-        _check_positive_int(time_embedding_dim, "time_embedding_dim")
-        _check_positive_int(num_heads, "num_heads")
+        check_positive_int("num_res_blocks", num_res_blocks)
+        check_positive_int("norm_groups", norm_groups)
+        check_positive_int("time_embedding_dim", time_embedding_dim)
+        check_positive_int("num_heads", num_heads)
         if num_classes is not None:
-            _check_positive_int(num_classes, "num_classes")
+            check_positive_int("num_classes", num_classes)
         if attention_head_dim is not None:
-            _check_positive_int(attention_head_dim, "attention_head_dim")
+            check_positive_int("attention_head_dim", attention_head_dim)
         if not isinstance(norm_epsilon, int | float) or not norm_epsilon > 0:
             raise ValueError(
                 f"`norm_epsilon` must be a number > 0. Received: norm_epsilon={norm_epsilon!r}"
@@ -362,7 +362,7 @@ def context_inputs(context_dim):
 def _check_context_dim(context_dim, num_classes):
     if context_dim is None:
         return
-    _check_positive_int(context_dim, "context_dim")
+    check_positive_int("context_dim", context_dim)
     if num_classes is not None:
         raise ValueError(
             "A denoiser is conditioned on classes or on text, not both: pass "

@@ -19,9 +19,9 @@ from typing import NamedTuple
 import keras
 
 from kzoo.training import checkpoint as ckpt
+from kzoo.training.distribute import STRATEGIES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored", "multi_worker")
 ADAM_BETAS = ("beta_1", "beta_2")
 
 
