@@ -10,6 +10,7 @@ import os
 import sys
 
 from kzoo.export import QUANTIZE_MODES
+from kzoo.task import capabilities
 
 EXPORT_FORMATS = ("saved_model", "litert", "preset")
 # Training batches that calibrate `--quantize int8` (kzoo.export.calibration): 8
@@ -255,7 +256,7 @@ def evaluate(workdir, num_examples=None):
     recipe_evaluate = _recipe_function(config, "evaluate")
     if recipe_evaluate is not None:
         return recipe_evaluate(model, **_evaluate_kwargs(recipe_evaluate, num_examples))
-    if not (hasattr(model, "encode") and hasattr(model, "codebook_size")):
+    if "reconstruct" not in capabilities(model):
         raise ValueError(
             f"The workdir's model ({type(model).__name__}) has no test-split metrics: it is "
             "not a VQ autoencoder and its recipe defines no `evaluate(model, num_examples)`. "
@@ -341,7 +342,7 @@ def parity_batch(model, config, num=8):
     """
     import kzoo.data
 
-    if hasattr(model, "export_parity_batch") or not hasattr(model, "encode"):
+    if hasattr(model, "export_parity_batch") or "reconstruct" not in capabilities(model):
         return None
 
     images, _ = kzoo.data.load_arrays(
@@ -376,7 +377,7 @@ def representative_batches(model, config, num_batches=DEFAULT_REPRESENTATIVE_BAT
     """
     if hasattr(model, "export_parity_batch"):
         return None
-    if not (hasattr(model, "encode") and "dataset" in config):
+    if not ("reconstruct" in capabilities(model) and "dataset" in config):
         raise ValueError(
             "--quantize int8 calibrates on batches of the recipe's training pipeline (VQ "
             "autoencoders) or the model's own export_parity_batch(); this "
@@ -422,7 +423,7 @@ def sample(
     num_classes = getattr(model, "num_classes", None)
     captioned = getattr(model, "caption_vocabulary", None) is not None
     # Text-to-image diffusion: captions optional (without, empty-caption samples).
-    text_to_image = getattr(model, "text_conditional", False)
+    text_to_image = "generate_from_text" in capabilities(model)
     if captions and not (captioned or text_to_image):
         kind = (
             f"class-conditional (num_classes={num_classes}): sample it without --caption"
@@ -439,7 +440,7 @@ def sample(
             "Received: no --caption"
         )
     labels = None if not num_classes else np.arange(num) % num_classes
-    if hasattr(model, "next_token_logits"):  # a code prior: decode through its VQ tokenizer
+    if "sample_codes" in capabilities(model):  # a code prior: decode through its VQ tokenizer
         from kzoo.models import Generator
 
         tokenizer = load_trained_model(config["vq_workdir"])
@@ -460,7 +461,7 @@ def sample(
             guidance_scale=guidance_scale,
             seed=seed,
         )
-    elif hasattr(model, "generate"):
+    elif "generate" in capabilities(model):
         images = model.generate(
             num_images=None if num_classes else num,
             labels=labels,

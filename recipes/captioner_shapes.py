@@ -59,7 +59,7 @@ def evaluate(model, num_examples=1000):
     """
     import kzoo.data
     from kzoo.data.shapes import novel_combinations
-    from kzoo.models.captioner import word_accuracy
+    from kzoo.metrics import word_accuracy
 
     images, labels = kzoo.data.load_arrays(
         "kzoo_shapes", split="test", num_examples=num_examples, image_size=model.image_shape[0]

@@ -407,3 +407,11 @@ def test_autoencoder_metrics_score_the_reconstructions_with_a_classifier():
     assert 0 < results["codebook_usage"] <= 1 and results["codebook_dead_codes"] >= 0
     with pytest.raises(ValueError, match="`labels` and `classifier` go together"):
         autoencoder_metrics(model, images, labels={"shape": np.zeros(10)})
+
+
+def test_caption_words_reads_the_shape_and_its_colour():
+    from kzoo.metrics import caption_words
+
+    assert caption_words(
+        [b"a small red circle at the top left on a blue background", "a blue", ""]
+    ) == [("circle", "red"), (None, None), (None, None)]

@@ -308,6 +308,120 @@ def test_checkpoint_of_another_codebook_size_is_refused_by_name(tmp_path):
         model(16).load_weights(tmp_path / "rvq.keras")
 
 
+# --- The public contract: quantize_vectors, quantizer_options ----------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("training", [False, True])
+def test_quantize_vectors_is_call_without_side_effects(kind, training):
+    """`quantize_vectors` returns what `call` returns, its indices and the loss it adds."""
+    x = np.random.default_rng(9).normal(size=(6, 4, 8)).astype("float32")
+    keras.utils.set_random_seed(0)
+    called = _built(KINDS[kind](), 8)
+    keras.utils.set_random_seed(0)
+    twin = _built(KINDS[kind](), 8)
+    twin.set_weights(called.get_weights())
+    outputs = called(x, training=training)
+    quantized, indices, loss = twin.quantize_vectors(x, training=training)
+    assert not twin.losses
+    np.testing.assert_array_equal(_np(quantized), _np(outputs))
+    np.testing.assert_array_equal(_np(loss), _np(sum(called.losses)) if called.losses else 0.0)
+    index_shape = x.shape[:-1] + tuple(
+        n for n in (getattr(called, "num_quantizers", None), getattr(called, "num_groups", None))
+        if n
+    )  # fmt: skip
+    assert indices.shape == index_shape and _np(indices).dtype == np.int32
+    if not training:  # training moves k-means/EMA codebooks after the search
+        np.testing.assert_array_equal(_np(indices), _np(called.get_code_indices(x)))
+
+
+def test_composites_pass_only_the_given_options_to_their_stages():
+    rvq = ResidualVQ(2, 16, 8, quantizer_options={"decay": 0.9, "code_dim": 4}, seed=0)
+    assert rvq.get_config()["quantizer_options"] == {"decay": 0.9, "code_dim": 4}
+    defaults = VectorQuantizer(16, 8).get_config()
+    for stage in rvq.quantizers:
+        config = stage.get_config()
+        assert config["decay"] == 0.9 and config["code_dim"] == 4
+        assert config["commitment_cost"] == defaults["commitment_cost"]
+        assert config["dead_code_window"] == defaults["dead_code_window"]
+    # An option given as an argument is the same as one in `quantizer_options`.
+    flat = GroupedVQ(2, 16, 8, decay=0.9, quantizer_options={"kmeans_init": True})
+    assert flat.get_config()["quantizer_options"] == {"kmeans_init": True, "decay": 0.9}
+    assert assert_config_roundtrip(flat).quantizers[1].decay == 0.9
+
+
+def test_composite_configs_saved_with_flat_options_still_load():
+    """Configs written before `quantizer_options` held every stage option at the top level."""
+    old = {
+        "name": "rvq", "trainable": True, "dtype": "float32", "num_quantizers": 2,
+        "codebook_size": 16, "embedding_dim": 8, "shared_codebook": False,
+        "quantizer_dropout": 0.0, "seed": 3, "commitment_cost": 0.5, "codebook_cost": 1.0,
+        "decay": 0.9, "epsilon": 1e-5, "kmeans_init": False, "kmeans_iters": 10,
+        "dead_code_threshold": 0.0, "dead_code_window": 100, "use_cosine": False,
+        "code_dim": None, "orthogonal_reg_weight": 0.0, "gradient_estimator": "rotation",
+    }  # fmt: skip
+    rvq = ResidualVQ.from_config(old)
+    assert rvq.gradient_estimator == "rotation"
+    assert [(q.commitment_cost, q.decay, q.seed) for q in rvq.quantizers] == [
+        (0.5, 0.9, 4),
+        (0.5, 0.9, 5),
+    ]
+    assert rvq.get_config()["quantizer_options"]["commitment_cost"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (
+            lambda: ResidualVQ(2, 8, 4, quantizer_options={"seed": 1}),
+            r"`quantizer_options`.*Received: quantizer_options=\{'seed': 1\}",
+        ),
+        (
+            lambda: GroupedVQ(2, 8, 4, quantizer_options=["decay"]),
+            r"Received: quantizer_options=\['decay'\]",
+        ),
+        (
+            lambda: GroupedVQ(2, 8, 4, decay=0.5, quantizer_options={"decay": 0.9}),
+            r"`decay` was given both.*Received: decay=0.5",
+        ),
+        (
+            lambda: ResidualVQ(2, 8, 4, quantizer_options={"decay": 1.0}),
+            r"Received: decay=1.0",
+        ),
+    ],
+)
+def test_bad_quantizer_options(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_vector_quantizer_quantize_vectors_estimators():
+    """`gradient_estimator="none"` gives the codes as constants; a bad name is refused."""
+    vq = _built(VectorQuantizer(8, 4, code_dim=2), 4)
+    x = keras.Variable(np.random.default_rng(10).normal(size=(5, 4)).astype("float32"))
+    grads = gradients(
+        lambda: ops.sum(vq.quantize_vectors(x, gradient_estimator="none").quantized),
+        [x, vq.project_out.kernel],
+    )
+    assert grads[0] is None or not np.any(_np(grads[0]))
+    assert np.abs(_np(grads[1])).sum() > 0
+    np.testing.assert_allclose(
+        _np(vq.quantize_vectors(x, gradient_estimator="none").quantized),
+        _np(vq.lookup(vq.get_code_indices(x))),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"Received: gradient_estimator='sign'"):
+        vq.quantize_vectors(x, gradient_estimator="sign")
+
+
+def test_cross_replica_sum_is_the_identity_without_replicas():
+    from kzoo.layers.quantizers import cross_replica_sum
+
+    values = [ops.ones((3,)), ops.zeros(())]
+    summed = cross_replica_sum(values)
+    assert len(summed) == 2 and summed[0] is values[0] and summed[1] is values[1]
+
+
 # --- Codebook collapse -------------------------------------------------------------------
 
 

@@ -503,6 +503,24 @@ def test_step_contract_matches_sample(sampler_fn, calls):
     np.testing.assert_allclose(manual, looped, atol=1e-5)
 
 
+def test_diffusers_style_methods_wrap_the_step_protocol():
+    for sampler in (DDPMSampler(LINEAR), HeunSampler(COSINE), EulerSampler(LINEAR)):
+        timesteps = sampler.set_timesteps(6)
+        calls = sampler.num_model_calls(6)
+        assert len(timesteps) == calls
+        tables = sampler.model_timestep(ops.arange(calls, dtype="int32"), 6)
+        np.testing.assert_array_equal(
+            np.asarray(ops.cast(tables, sampler.timestep_dtype)), np.asarray(timesteps)
+        )
+        assert float(sampler.init_noise_sigma) == float(sampler.stateless_init_noise_sigma(6))
+        x = ops.convert_to_tensor(NOISE[:4])
+        np.testing.assert_array_equal(
+            np.asarray(sampler.scale_model_input(x, 3)),
+            np.asarray(sampler.stateless_scale_model_input(x, 3, 6)),
+        )
+    assert HeunSampler(LINEAR).num_model_calls(8) == 15
+
+
 def test_ddpm_step_uses_given_noise():
     sampler = DDPMSampler(LINEAR)
     sampler.set_timesteps(10)

@@ -50,7 +50,7 @@ from kzoo.diffusion.schedules import (
 )
 from kzoo.layers._trainable import apply_trainable_flag
 from kzoo.layers.checks import is_int, is_number
-from kzoo.presets import PresetMixin
+from kzoo.task import Task
 
 # How `train_step` draws timesteps (see `DiffusionModel`'s `timestep_sampling`).
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
@@ -268,7 +268,7 @@ class _Cache:
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DiffusionModel(PresetMixin, keras.Model):
+class DiffusionModel(Task):
     """A diffusion model around any denoiser: `fit` on images, `generate`, export.
 
     `fit` takes a dataset of images in [-1, 1] or of `(images, labels)` pairs
@@ -616,6 +616,13 @@ class DiffusionModel(PresetMixin, keras.Model):
         return [self.loss_tracker]
 
     @property
+    def capabilities(self):
+        """`{"generate"}`, plus `"generate_from_text"` for a text-to-image model."""
+        if self.text_conditional:
+            return frozenset({"generate", "generate_from_text"})
+        return frozenset({"generate"})
+
+    @property
     def text_conditional(self):
         """True for a text-to-image model (built with a `text_encoder`)."""
         return self.text_encoder is not None
@@ -700,14 +707,6 @@ class DiffusionModel(PresetMixin, keras.Model):
     def compile(self, optimizer="adam", **kwargs):
         """`keras.Model.compile`; the loss is the model's own (`loss` is not used)."""
         super().compile(optimizer=optimizer, **kwargs)
-        # The weights exist from __init__: create the optimizer's variables now.
-        # Keras would create them inside the first traced train step, where each
-        # costs ~50 ms (a lifted initializer graph) instead of ~0.1 ms.
-        self.optimizer.build(self.trainable_variables)
-
-    def compile_from_config(self, config):
-        # Keras skips compile-on-load for models that override `compile`.
-        self.compile(**keras.saving.deserialize_keras_object(config))
 
     def _unpack(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -23,7 +23,9 @@ for i, t in enumerate(sampler.timesteps):
     x, state = sampler.step(output, i, x, state=state)
 ```
 
-`sample(...)` runs the same loop as ONE graph with `keras.ops.fori_loop`. Every
+`sample(...)` runs the same loop as ONE graph with `keras.ops.fori_loop`, through
+the step protocol that `Sampler`'s docstring lists (`stateless_step` and the others
+take the number of steps explicitly; the methods above wrap them). Every
 timestep/sigma table is a closed form of `(step index, num_inference_steps)` in
 `keras.ops` integer arithmetic rather than a stored array, so
 `num_inference_steps` may be a scalar tensor (an input of an exported endpoint)
@@ -116,12 +118,41 @@ def _base_seed(seed, sampler):
 
 
 class Sampler:
-    """Base class: timestep tables, validation and the diffusers-like `step` contract.
+    """Base class: timestep tables, validation and the step protocol `sample` runs.
 
-    Subclasses implement `_step(model_output, i, sample, noise, state, n)` and, when
-    they differ from the defaults, `_model_timestep`, `_scale_model_input`,
-    `_init_noise_sigma`, `_num_model_calls` and `initial_state`. All take the number
-    of inference steps `n` explicitly (a Python int or an int32 scalar tensor).
+    Every table is a closed form of the model-call index `i` and the number of
+    inference steps `n`, so `sample` runs the whole loop in one
+    `keras.ops.fori_loop`. `n` is a Python int, an int32 scalar tensor, or (in
+    `sample` with per-example counts) an int32 `(B,)` tensor, and `i` is then
+    `(B,)` too: a value computed from them is a scalar or `(B,)`, and
+    `_per_example(value, sample)` broadcasts it over the sample.
+
+    The protocol, in the order `sample` calls it (a subclass implements
+    `stateless_step` and overrides the others where it differs from the default):
+
+    - `num_model_calls(n)`, once: how many times the loop calls the denoiser,
+      i.e. its number of iterations. Default `n` (Heun: `2n - 1`).
+    - `stateless_init_noise_sigma(n)`, once: the factor the starting standard
+      normal noise is multiplied by. Default 1 (Euler, Heun: `sqrt(sigma**2 + 1)`
+      of the first sigma).
+    - `initial_state(sample)`, once: the multistep state before the first step, a
+      structure of tensors (`()` if unused); it is the loop's carry, so
+      `stateless_step` returns the same structure.
+    - `model_timestep(i, n)`, each call `i`: the train timestep handed to the
+      denoiser, of `timestep_dtype` (int32, or float32 for Euler/Heun). Default the
+      spaced timestep `_spaced_timestep(i, n)`.
+    - `stateless_scale_model_input(sample, i, n)`, each call `i`: what the
+      denoiser sees. Default `sample` (Euler, Heun: `sample / sqrt(sigma**2 + 1)`).
+    - `stateless_step(model_output, i, sample, noise, state, n)`, each call `i`,
+      after the denoiser: `model_output` is its output in `prediction_type` for
+      that input, `noise` standard normal noise shaped like `sample` (None unless
+      `stochastic`); returns `(next_sample, next_state)`. No default.
+
+    The diffusers-like methods (`set_timesteps`, `init_noise_sigma`,
+    `scale_model_input`, `step`) are thin wrappers of the protocol with the `n` of
+    `set_timesteps` (and `step` with noise from the sampler's `SeedGenerator`).
+    `stateless_` marks the twin that takes explicitly what its wrapper reads from
+    the sampler, as Keras' `Layer.stateless_call` does for `call`.
 
     Args:
         schedule: a `NoiseSchedule`.
@@ -208,25 +239,52 @@ class Sampler:
         return ops.where(k >= n, -1, t)
 
     def _alpha_cumprod(self, t):
-        # t = -1 stands for "after the last step": alpha_cumprod = 1, the data.
+        """`alpha_cumprod` at train timestep `t`; 1 (the data) at `t = -1`, after the last step."""
         alpha = gather(self.schedule.alphas_cumprod, ops.maximum(t, 0))
         return ops.where(t < 0, 1.0, alpha)
 
-    def _num_model_calls(self, n):
+    # === Step protocol (see the class docstring) ===
+
+    def num_model_calls(self, n):
+        """Number of denoiser calls (loop iterations) of `n` inference steps."""
         return n
 
-    def _model_timestep(self, i, n):
+    def model_timestep(self, i, n):
+        """Train timestep handed to the denoiser at model call `i` of `n` steps."""
         return self._spaced_timestep(i, n)
 
-    def _scale_model_input(self, sample, i, n):
+    def stateless_scale_model_input(self, sample, i, n):
+        """What the denoiser sees at model call `i` of `n` steps (default: `sample`)."""
         return sample
 
-    def _init_noise_sigma(self, n):
+    def stateless_init_noise_sigma(self, n):
+        """Factor of the starting standard normal noise for `n` steps (default: 1)."""
         return 1.0
 
     def initial_state(self, sample):
         """The multistep state before the first step (an empty tuple if unused)."""
         return ()
+
+    def stateless_step(self, model_output, i, sample, noise, state, n):
+        """One step after model call `i` of `n` steps.
+
+        Args:
+            model_output: the denoiser's output (in `prediction_type`) for
+                `stateless_scale_model_input(sample, i, n)` at
+                `model_timestep(i, n)`.
+            i: model-call index, an int or int32 tensor (scalar, or `(B,)` with
+                per-example counts), `0 <= i < num_model_calls(n)`.
+            sample: the current sample.
+            noise: standard normal noise shaped like `sample`, used by `stochastic`
+                samplers only (`sample` passes None to the others).
+            state: the previous step's state (`initial_state(sample)` at `i = 0`).
+            n: number of inference steps, like `i` a scalar or `(B,)`.
+
+        Returns:
+            `(next_sample, next_state)`, `next_state` of the same structure as
+            `state`.
+        """
+        raise NotImplementedError
 
     def _validate_num_steps(self, num_inference_steps):
         total = self.schedule.num_train_timesteps
@@ -265,8 +323,8 @@ class Sampler:
             )
         n = self._validate_num_steps(num_inference_steps)
         self.num_inference_steps = n
-        calls = ops.arange(self._num_model_calls(n), dtype="int32")
-        self.timesteps = ops.cast(self._model_timestep(calls, n), self.timestep_dtype)
+        calls = ops.arange(self.num_model_calls(n), dtype="int32")
+        self.timesteps = ops.cast(self.model_timestep(calls, n), self.timestep_dtype)
         return self.timesteps
 
     def _require_timesteps(self):
@@ -280,11 +338,11 @@ class Sampler:
     @property
     def init_noise_sigma(self):
         """Scale of the initial noise (1, or `sqrt(sigma_max**2 + 1)` for Euler/Heun)."""
-        return self._init_noise_sigma(self._require_timesteps())
+        return self.stateless_init_noise_sigma(self._require_timesteps())
 
     def scale_model_input(self, sample, i):
         """What the denoiser sees at step index `i` (Euler/Heun: the VP-scaled sample)."""
-        return self._scale_model_input(sample, i, self._require_timesteps())
+        return self.stateless_scale_model_input(sample, i, self._require_timesteps())
 
     def step(self, model_output, i, sample, noise=None, state=None):
         """One sampler step from step index `i` to `i + 1`.
@@ -310,10 +368,7 @@ class Sampler:
             noise = keras.random.normal(
                 ops.shape(sample), dtype=sample.dtype, seed=self.seed_generator
             )
-        return self._step(model_output, i, sample, noise, state, n)
-
-    def _step(self, model_output, i, sample, noise, state, n):
-        raise NotImplementedError
+        return self.stateless_step(model_output, i, sample, noise, state, n)
 
     def _split(self, model_output, sample, sqrt_alpha, sqrt_one_minus_alpha):
         """`(x0_hat, eps_hat)` of the model output, `x0_hat` clipped with `clip_sample`."""
@@ -353,7 +408,8 @@ class Sampler:
         return cls(schedule, **config)
 
 
-def _sqrt(value):
+def _clamped_sqrt(value):
+    """`sqrt(max(value, 0))`: rounding can leave a variance a hair below 0."""
     return ops.sqrt(ops.maximum(value, 0.0))
 
 
@@ -402,19 +458,19 @@ class DDPMSampler(Sampler):
             )
         super().__init__(
             schedule,
-            prediction_type,
-            timestep_spacing,
-            steps_offset,
-            seed,
-            clip_sample,
-            clip_sample_range,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            seed=seed,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
         )
         self.variance_type = variance_type
 
     def _extra_config(self):
         return {"variance_type": self.variance_type}
 
-    def _step(self, model_output, i, sample, noise, state, n):
+    def stateless_step(self, model_output, i, sample, noise, state, n):
         t = self._spaced_timestep(i, n)
         t_prev = self._spaced_timestep(ops.cast(i, "int32") + 1, n)
         alpha = self._alpha_cumprod(t)
@@ -424,7 +480,7 @@ class DDPMSampler(Sampler):
         beta_step = 1.0 - alpha_step
         # Ho et al. Eq. 7: posterior mean and variance between the two timesteps.
         coef_x0 = ops.sqrt(alpha_prev) * beta_step / (1.0 - alpha)
-        coef_sample = _sqrt(alpha_step) * (1.0 - alpha_prev) / (1.0 - alpha)
+        coef_sample = _clamped_sqrt(alpha_step) * (1.0 - alpha_prev) / (1.0 - alpha)
         if self.variance_type == "fixed_small":
             variance = ops.maximum((1.0 - alpha_prev) / (1.0 - alpha) * beta_step, 1e-20)
         else:
@@ -479,18 +535,18 @@ class DDIMSampler(Sampler):
         self.stochastic = self.eta > 0
         super().__init__(
             schedule,
-            prediction_type,
-            timestep_spacing,
-            steps_offset,
-            seed,
-            clip_sample,
-            clip_sample_range,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            seed=seed,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
         )
 
     def _extra_config(self):
         return {"eta": self.eta}
 
-    def _step(self, model_output, i, sample, noise, state, n):
+    def stateless_step(self, model_output, i, sample, noise, state, n):
         t = self._spaced_timestep(i, n)
         t_prev = self._spaced_timestep(ops.cast(i, "int32") + 1, n)
         alpha = self._alpha_cumprod(t)
@@ -500,10 +556,10 @@ class DDIMSampler(Sampler):
         prev_sample = ops.cast(_per_example(ops.sqrt(alpha_prev), sample), dtype) * x0
         if self.stochastic:
             # Song et al. Eq. 16.
-            sigma = self.eta * _sqrt(
+            sigma = self.eta * _clamped_sqrt(
                 (1.0 - alpha_prev) / (1.0 - alpha) * (1.0 - alpha / alpha_prev)
             )
-            direction = _sqrt(1.0 - alpha_prev - ops.square(sigma))
+            direction = _clamped_sqrt(1.0 - alpha_prev - ops.square(sigma))
             prev_sample = prev_sample + ops.cast(_per_example(direction, sample), dtype) * eps
             prev_sample = prev_sample + ops.cast(_per_example(sigma, sample), dtype) * ops.cast(
                 noise, dtype
@@ -556,9 +612,9 @@ class DPMSolverMultistepSampler(Sampler):
             )
         super().__init__(
             schedule,
-            prediction_type,
-            timestep_spacing,
-            steps_offset,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
             clip_sample=clip_sample,
             clip_sample_range=clip_sample_range,
         )
@@ -575,16 +631,17 @@ class DPMSolverMultistepSampler(Sampler):
     def initial_state(self, sample):
         return {"prev_x0": ops.zeros_like(sample)}
 
-    def _log_alpha_sigma(self, t):
+    def _signal_and_noise_scales(self, t):
+        """`(sqrt(alpha_cumprod), sqrt(1 - alpha_cumprod))` at `t`: Lu et al.'s alpha_t, sigma_t."""
         alpha = self._alpha_cumprod(t)
         return ops.sqrt(alpha), ops.sqrt(1.0 - alpha)
 
-    def _step(self, model_output, i, sample, noise, state, n):
+    def stateless_step(self, model_output, i, sample, noise, state, n):
         i = ops.cast(i, "int32")
         t = self._spaced_timestep(i, n)
         t_next = self._spaced_timestep(i + 1, n)
-        alpha_s, sigma_s = self._log_alpha_sigma(t)
-        alpha_n, sigma_n = self._log_alpha_sigma(t_next)
+        alpha_s, sigma_s = self._signal_and_noise_scales(t)
+        alpha_n, sigma_n = self._signal_and_noise_scales(t_next)
         x0, _ = self._split(model_output, sample, alpha_s, sigma_s)
         # exp(-h) with h = lambda_next - lambda_s, as a ratio: finite when the target
         # sigma is 0 (last step) or the current alpha is 0 (zero terminal SNR).
@@ -595,7 +652,7 @@ class DPMSolverMultistepSampler(Sampler):
             + ops.cast(_per_example(alpha_n * (1.0 - exp_neg_h), sample), dtype) * x0
         )
         if self.solver_order == 2:
-            alpha_p, sigma_p = self._log_alpha_sigma(
+            alpha_p, sigma_p = self._signal_and_noise_scales(
                 self._spaced_timestep(ops.maximum(i - 1, 0), n)
             )
             lambda_p = ops.log(alpha_p) - ops.log(sigma_p)
@@ -659,9 +716,9 @@ class EulerSampler(Sampler):
             raise ValueError(f"`karras_rho` must be > 0. Received: karras_rho={karras_rho!r}")
         super().__init__(
             schedule,
-            prediction_type,
-            timestep_spacing,
-            steps_offset,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
             clip_sample=clip_sample,
             clip_sample_range=clip_sample_range,
         )
@@ -689,22 +746,25 @@ class EulerSampler(Sampler):
         n = ops.cast(n, "int32")
         if self.use_karras_sigmas:
             rho = self.karras_rho
-            sigma_max = self._cap(gather(self.schedule.sigmas, self._spaced_timestep(0, n)))
+            sigma_max = self._capped_sigma(
+                gather(self.schedule.sigmas, self._spaced_timestep(0, n))
+            )
             inv_rho_min = float(self.schedule.sigmas[0]) ** (1.0 / rho)
             inv_rho_max = sigma_max ** (1.0 / rho)
             ramp = ops.cast(k, "float32") / ops.cast(ops.maximum(n - 1, 1), "float32")
             sigma = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho
         else:
             sigma = gather(self.schedule.sigmas, ops.maximum(self._spaced_timestep(k, n), 0))
-            sigma = self._cap(sigma)
+            sigma = self._capped_sigma(sigma)
         return ops.where(k >= n, 0.0, sigma)
 
-    def _cap(self, sigma):
+    def _capped_sigma(self, sigma):
+        """`min(sigma, sigma_max)`; `sigma` unchanged when `sigma_max` is None."""
         if self.sigma_max is None:
             return sigma
         return ops.minimum(sigma, self.sigma_max)
 
-    def _model_timestep(self, i, n):
+    def model_timestep(self, i, n):
         if self.use_karras_sigmas:
             return sigma_to_timestep(self.schedule, self._sigma(i, n))
         t = ops.cast(self._spaced_timestep(i, n), "float32")
@@ -713,14 +773,15 @@ class EulerSampler(Sampler):
         # sigma grows with t: a capped sigma is that of the fractional timestep of sigma_max.
         return ops.minimum(t, sigma_to_timestep(self.schedule, self.sigma_max))
 
-    def _init_noise_sigma(self, n):
+    def stateless_init_noise_sigma(self, n):
         return ops.sqrt(ops.square(self._sigma(0, n)) + 1.0)
 
-    def _scale_model_input(self, sample, i, n):
+    def stateless_scale_model_input(self, sample, i, n):
         scale = ops.sqrt(ops.square(self._sigma(i, n)) + 1.0)
         return sample / ops.cast(_per_example(scale, sample), sample.dtype)
 
-    def _denoise(self, model_output, sample, sigma):
+    def _predicted_x0(self, model_output, sample, sigma):
+        """`x0_hat` (clipped with `clip_sample`) from the output at `x = x0 + sigma * eps`."""
         # The model saw x / sqrt(sigma^2 + 1) with alpha = 1 / (1 + sigma^2).
         scale = ops.sqrt(ops.square(sigma) + 1.0)
         dtype = sample.dtype
@@ -732,10 +793,10 @@ class EulerSampler(Sampler):
         )
         return x0
 
-    def _step(self, model_output, i, sample, noise, state, n):
+    def stateless_step(self, model_output, i, sample, noise, state, n):
         sigma = self._sigma(i, n)
         sigma_next = self._sigma(ops.cast(i, "int32") + 1, n)
-        x0 = self._denoise(model_output, sample, sigma)
+        x0 = self._predicted_x0(model_output, sample, sigma)
         # x + (sigma_next - sigma) * (x - x0) / sigma, written to be exact at sigma_next = 0.
         return x0 + ops.cast(_per_example(sigma_next / sigma, sample), sample.dtype) * (
             sample - x0
@@ -798,42 +859,43 @@ class HeunSampler(EulerSampler):
             )
         super().__init__(
             schedule,
-            prediction_type,
-            use_karras_sigmas,
-            karras_rho,
-            timestep_spacing,
-            steps_offset,
-            clip_sample,
-            clip_sample_range,
+            prediction_type=prediction_type,
+            use_karras_sigmas=use_karras_sigmas,
+            karras_rho=karras_rho,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
         )
         self.sigma_max = None if sigma_max is None else float(sigma_max)
 
     def _extra_config(self):
         return {**super()._extra_config(), "sigma_max": self.sigma_max}
 
-    def _num_model_calls(self, n):
+    def num_model_calls(self, n):
         return 2 * n - 1
 
     def _sigma_index(self, i):
+        """Index `k` of the sigma that model call `i` evaluates the denoiser at."""
         return ops.floor_divide(ops.cast(i, "int32") + 1, 2)
 
-    def _model_timestep(self, i, n):
-        return super()._model_timestep(self._sigma_index(i), n)
+    def model_timestep(self, i, n):
+        return super().model_timestep(self._sigma_index(i), n)
 
-    def _scale_model_input(self, sample, i, n):
-        return super()._scale_model_input(sample, self._sigma_index(i), n)
+    def stateless_scale_model_input(self, sample, i, n):
+        return super().stateless_scale_model_input(sample, self._sigma_index(i), n)
 
     def initial_state(self, sample):
         return {"derivative": ops.zeros_like(sample), "sample": ops.zeros_like(sample)}
 
-    def _step(self, model_output, i, sample, noise, state, n):
+    def stateless_step(self, model_output, i, sample, noise, state, n):
         i = ops.cast(i, "int32")
         is_corrector = ops.equal(ops.mod(i, 2), 1)
         k = ops.floor_divide(i, 2)
         sigma = self._sigma(k, n)
         sigma_next = self._sigma(k + 1, n)
         sigma_eval = ops.where(is_corrector, sigma_next, sigma)
-        x0 = self._denoise(model_output, sample, sigma_eval)
+        x0 = self._predicted_x0(model_output, sample, sigma_eval)
         dtype = sample.dtype
         # The corrector's sigma_eval is never 0 (the last step has no corrector).
         derivative = (sample - x0) / ops.cast(_per_example(sigma_eval, sample), dtype)
@@ -943,18 +1005,18 @@ def sample(
     n = sampler._validate_num_steps(num_inference_steps)
     per_example = _rank(n) == 1
     noise = ops.convert_to_tensor(noise)
-    x = noise * ops.cast(_per_example(sampler._init_noise_sigma(n), noise), noise.dtype)
+    x = noise * ops.cast(_per_example(sampler.stateless_init_noise_sigma(n), noise), noise.dtype)
     batch = ops.shape(x)[0]
     base_seed = _base_seed(seed, sampler) if sampler.stochastic else None
-    calls = sampler._num_model_calls(n)  # (B,) when per-example
+    calls = sampler.num_model_calls(n)  # (B,) when per-example
 
     def body(i, carry):
         x, state = carry
         # Each example's own step index: held at its last step once its count is reached.
         step = ops.minimum(i, calls - 1) if per_example else i
-        t = ops.cast(sampler._model_timestep(step, n), sampler.timestep_dtype)
+        t = ops.cast(sampler.model_timestep(step, n), sampler.timestep_dtype)
         model_output = denoiser(
-            sampler._scale_model_input(x, step, n),
+            sampler.stateless_scale_model_input(x, step, n),
             ops.broadcast_to(t, (batch,)),
             conditioning,
             **extra,
@@ -962,7 +1024,7 @@ def sample(
         step_noise = None
         if sampler.stochastic:
             step_noise = _step_noise(base_seed, step, x)
-        new = sampler._step(model_output, step, x, step_noise, state, n)
+        new = sampler.stateless_step(model_output, step, x, step_noise, state, n)
         if not per_example:
             return new
         active = _per_example(i < calls, x)

@@ -1,6 +1,7 @@
-"""Metrics: image quality, codebook health, and KID / FID in a learned feature space."""
+"""Metrics: image quality, codebook health, KID / FID in a learned feature space, caption words."""
 
 from kzoo.metrics.autoencoder import autoencoder_metrics
+from kzoo.metrics.captions import caption_words, word_accuracy
 from kzoo.metrics.codebook import codebook_stats
 from kzoo.metrics.features import (
     ShapesClassifier,
@@ -15,6 +16,7 @@ from kzoo.metrics.kid import compute_kid, kernel_inception_distance
 __all__ = [
     "ShapesClassifier",
     "autoencoder_metrics",
+    "caption_words",
     "codebook_stats",
     "compute_fid",
     "compute_kid",
@@ -26,4 +28,5 @@ __all__ = [
     "psnr",
     "ssim",
     "train_shapes_classifier",
+    "word_accuracy",
 ]

@@ -30,7 +30,7 @@ from keras import ops
 from kzoo.layers import PositionEmbedding, TransformerBlock
 from kzoo.layers.checks import check_positive_int
 from kzoo.layers.seeds import TensorSeed
-from kzoo.presets import PresetMixin
+from kzoo.task import Task
 
 _MASKED_LOGIT = -1e9
 
@@ -127,7 +127,7 @@ def _check_seed(seed):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CodePrior(PresetMixin, keras.Model):
+class CodePrior(Task):
     """Decoder-only transformer prior over flattened VQ code grids: unconditional, class or caption.
 
     `model(tokens)` maps int tokens `(B, T)` (the prefix of `prefix_tokens`, width
@@ -175,6 +175,8 @@ class CodePrior(PresetMixin, keras.Model):
     captioned.sample(captions=["a large red circle at the center on a blue background"])
     ```
     """
+
+    capabilities = frozenset({"sample_codes"})
 
     def __init__(
         self,
@@ -511,11 +513,6 @@ class CodePrior(PresetMixin, keras.Model):
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
-    def compile_from_config(self, config):
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
     # === Export ===
     def next_token_logits(self, tokens):
         """Logits `(B, K)` of the code after the last of `tokens` `(B, T)`.
@@ -627,7 +624,7 @@ def _summarize(vocabulary):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class Generator(PresetMixin, keras.Model):
+class Generator(Task):
     """A `CodePrior` and a VQ tokenizer: labels or captions and a seed in, images out, one endpoint.
 
     Args:
@@ -648,6 +645,8 @@ class Generator(PresetMixin, keras.Model):
     # its `generate` signature takes `captions` (tf.string, (B,)) and `seed`.
     ```
     """
+
+    capabilities = frozenset({"generate"})
 
     def __init__(self, prior, tokenizer, temperature=1.0, top_k=None, max_batch=64, **kwargs):
         kwargs.setdefault("name", "generator")

@@ -34,7 +34,7 @@ from kzoo.models.image_text import (
     unpack_pair,
 )
 from kzoo.models.text_encoder import TextEncoder
-from kzoo.presets import PresetMixin
+from kzoo.task import Task
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -118,7 +118,7 @@ def contrastive_loss(
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
+class DualEncoder(ImageCaptionPairsMixin, Task):
     """CLIP: a text and an image tower projected into one l2-normalised embedding space.
 
     Trains with plain `fit` on a dataset of `(images, captions)` pairs, captions as
@@ -180,6 +180,8 @@ class DualEncoder(PresetMixin, ImageCaptionPairsMixin, keras.Model):
     class_ids, probabilities = model.zero_shot(images, ["circle", "square", "ring"])
     ```
     """
+
+    capabilities = frozenset({"embed"})
 
     def __init__(
         self,

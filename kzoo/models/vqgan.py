@@ -318,14 +318,18 @@ class VQGAN(VQVAE):
                 discriminator_optimizer, name="discriminator_loss_scale_optimizer"
             )
         self.discriminator_optimizer = discriminator_optimizer
-        # Built here on each optimizer's own variables, so `fit` does not build the
-        # generator optimizer on every trainable variable (the discriminator's too).
-        self.optimizer.build(self.generator_variables)
-        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        self.build_optimizers()
 
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+    def build_optimizers(self):
+        # Each optimizer on its own variables, so `fit` does not build the generator
+        # optimizer on every trainable variable (the discriminator's too). Called
+        # once both exist (the base `compile` runs before the second is set).
+        if getattr(self, "discriminator_optimizer", None) is None:
+            return
+        if not self.optimizer.built:
+            self.optimizer.build(self.generator_variables)
+        if not self.discriminator_optimizer.built:
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
 
     def train_step(self, data):
         import tensorflow as tf  # train_step is the TensorFlow backend's (GradientTape)

@@ -21,8 +21,6 @@ import types
 import keras
 import tensorflow as tf
 
-from kzoo.layers.quantizers import set_cross_replica_sum
-
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 # The patched trainer internals (`_maybe_symbolic_build`, `_make_function`) are
@@ -91,20 +89,10 @@ def get_strategy(name="default", *, worker_timeout_s=60):
         )
     if name == "default":
         return tf.distribute.get_strategy()
-    # Replicas must agree on the VQ EMA statistics: sum them across replicas.
-    set_cross_replica_sum(_replica_sum)
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
     return _multi_worker_strategy(worker_timeout_s)
-
-
-def _replica_sum(tensors):
-    """All-reduce (sum) `tensors` in the current replica context; identity for one replica."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return tensors
-    return context.all_reduce("sum", list(tensors))
 
 
 def parse_tf_config(raw=None):

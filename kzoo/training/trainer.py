@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import keras
 
+from kzoo.task import capabilities
 from kzoo.training import checkpoint as ckpt
 from kzoo.training.distribute import STRATEGIES
 
@@ -452,7 +453,7 @@ def _image_callbacks(config, model, workdir):
     from kzoo.training.callbacks import ImageGridCallback
 
     log_dir = os.path.join(workdir, "logs", "images")
-    if hasattr(model, "encode") and hasattr(model, "image_shape"):
+    if "reconstruct" in capabilities(model):
         import kzoo.data
 
         fixed, _ = kzoo.data.load_arrays(
@@ -465,7 +466,7 @@ def _image_callbacks(config, model, workdir):
                 log_dir, lambda m: [fixed, m(fixed, training=False)], name="reconstructions"
             )
         ]
-    if hasattr(model, "generate") and not hasattr(model, "caption"):  # captioners: text
+    if "generate" in capabilities(model):
         num_classes = getattr(model, "num_classes", None)
         labels = None if not num_classes else [i % num_classes for i in range(8)]
 
