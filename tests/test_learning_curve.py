@@ -95,21 +95,13 @@ def test_text_scorer_conditions_on_true_wrong_and_empty_captions_and_scores_vali
     from kzoo.data.tokenizer import Tokenizer
     from kzoo.diffusion import DiffusionModel
     from kzoo.metrics.features import ShapesClassifier
-    from kzoo.models import TextEncoder, UNet
+    from kzoo.models import TextEncoder
+    from kzoo.testing import tiny_unet
 
     keras.utils.set_random_seed(0)
     vocabulary = Tokenizer("kzoo_shapes").vocabulary_size
     model = DiffusionModel(
-        UNet(
-            image_shape=(16, 16, 3),
-            channels=(8, 8),
-            num_res_blocks=1,
-            attention_resolutions=(),
-            norm_groups=4,
-            time_embedding_dim=16,
-            mid_attention=False,
-            context_dim=16,
-        ),
+        tiny_unet(image_size=16, context_dim=16),
         text_encoder=TextEncoder(vocabulary, 16, hidden_dim=16, num_layers=1, num_heads=2),
         tokenizer={"vocabulary": "kzoo_shapes", "sequence_length": 16},
         schedule={"name": "linear", "num_train_timesteps": 1000},

@@ -24,9 +24,8 @@ from kzoo.models import (
     ImageEncoder,
     ShapesPerceptual,
     TextEncoder,
-    UNet,
 )
-from kzoo.testing import tiny_vqvae
+from kzoo.testing import tiny_unet, tiny_vqvae
 
 # Not modules to import: `python -m kzoo` runs the CLI.
 SKIPPED_MODULES = ("kzoo.__main__",)
@@ -74,15 +73,7 @@ def test_import_kzoo_registers_every_kzoo_class():
 
 
 def _unet():
-    return UNet(
-        image_shape=(8, 8, 3),
-        channels=(8, 8),
-        num_res_blocks=1,
-        attention_resolutions=(),
-        norm_groups=4,
-        time_embedding_dim=16,
-        mid_attention=False,
-    )
+    return tiny_unet()
 
 
 def _code_prior():

@@ -13,9 +13,9 @@ from kzoo.models import (
     DualEncoder,
     Generator,
     ShapesPerceptual,
-    UNet,
 )
 from kzoo.task import CAPABILITIES, Task, capabilities
+from kzoo.testing import tiny_unet
 
 VQ = dict(
     image_shape=(16, 16, 3),
@@ -28,16 +28,7 @@ VQ = dict(
 
 
 def _unet(**overrides):
-    args = dict(
-        image_shape=(16, 16, 3),
-        channels=(8, 8),
-        num_res_blocks=1,
-        attention_resolutions=(),
-        norm_groups=4,
-        time_embedding_dim=16,
-        mid_attention=False,
-    )
-    return UNet(**{**args, **overrides})
+    return tiny_unet(image_size=16, **overrides)
 
 
 @pytest.mark.parametrize(

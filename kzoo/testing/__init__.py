@@ -57,6 +57,25 @@ def tiny_vqvae(image_shape=(8, 8, 3), **kwargs):
     )
 
 
+def tiny_unet(image_size=8, **overrides):
+    """An untrained two-level U-Net (8 channels, no attention) that builds in milliseconds.
+
+    `overrides` go to `UNet` (`num_classes`, `context_dim`, ...).
+    """
+    from kzoo.models import UNet
+
+    args = dict(
+        image_shape=(image_size, image_size, 3),
+        channels=(8, 8),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        norm_groups=4,
+        time_embedding_dim=16,
+        mid_attention=False,
+    )
+    return UNet(**{**args, **overrides})
+
+
 def write_workdir(path, model, config):
     """Makes `path` a `kzoo train`-like workdir: `config.json` and a checkpoint of `model`.
 
