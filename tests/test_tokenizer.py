@@ -145,3 +145,35 @@ def test_bad_inputs_raise(tokenizer):
         tokenizer.detokenize(tf.constant([[1.0]]))
     with pytest.raises(ValueError, match="max_words"):
         build_vocabulary(["a"], max_words=0)
+
+
+def test_a_text_encoder_that_cannot_read_the_ids_is_refused_by_every_text_model(tokenizer):
+    from kzoo.diffusion import DiffusionModel
+    from kzoo.models import DualEncoder, TextEncoder
+    from kzoo.testing import tiny_unet
+
+    size = tokenizer.vocabulary_size
+    tokenizer.check_encoder(TextEncoder(size, 16, hidden_dim=8, num_layers=1, num_heads=2))
+    too_few = TextEncoder(size - 1, 16, hidden_dim=8, num_layers=1, num_heads=2)
+    too_short = TextEncoder(size, 8, hidden_dim=8, num_layers=1, num_heads=2)
+    few = rf"{size - 1} token embeddings.*emits {size} ids.*vocabulary_size={size - 1}"
+    short = r"takes 8 tokens but the tokenizer emits 16.*sequence_length=8"
+    for encoder, match in ((too_few, few), (too_short, short)):
+        with pytest.raises(ValueError, match=match):
+            tokenizer.check_encoder(encoder)
+        with pytest.raises(ValueError, match=match):
+            DiffusionModel(tiny_unet(context_dim=8), text_encoder=encoder, tokenizer=tokenizer)
+        with pytest.raises(ValueError, match=match):
+            DualEncoder(
+                text_encoder=encoder,
+                image_encoder={
+                    "image_shape": (16, 16, 3),
+                    "kind": "vit",
+                    "patch_size": 4,
+                    "hidden_dim": 8,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                },
+                tokenizer=tokenizer,
+                embedding_dim=4,
+            )

@@ -210,6 +210,27 @@ class Tokenizer(keras.layers.Layer):
         """Number of ids, special tokens included (the `TextEncoder` embedding rows)."""
         return len(SPECIAL_TOKENS) + len(self.vocabulary)
 
+    def check_encoder(self, text_encoder):
+        """Raises unless `text_encoder` can read this tokenizer's ids.
+
+        A text encoder that declares `vocabulary_size` must embed every id this
+        tokenizer emits, and one that declares `sequence_length` must take as many
+        tokens as it emits. Encoders that declare neither are taken as they are.
+        """
+        vocabulary_size = getattr(text_encoder, "vocabulary_size", None)
+        if vocabulary_size is not None and vocabulary_size < self.vocabulary_size:
+            raise ValueError(
+                f"The text encoder has {vocabulary_size} token embeddings but the tokenizer "
+                f"emits {self.vocabulary_size} ids. Received: "
+                f"text_encoder.vocabulary_size={vocabulary_size}"
+            )
+        length = getattr(text_encoder, "sequence_length", None)
+        if length is not None and length != self.sequence_length:
+            raise ValueError(
+                f"The text encoder takes {length} tokens but the tokenizer emits "
+                f"{self.sequence_length}. Received: text_encoder.sequence_length={length}"
+            )
+
     def get_vocabulary(self):
         """All tokens in id order, special tokens first."""
         return [*SPECIAL_TOKENS, *self.vocabulary]

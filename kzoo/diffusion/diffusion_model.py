@@ -242,19 +242,7 @@ def _check_text_conditioning(text_encoder, tokenizer, num_classes):
             '{"sequence": (B, T, D), "pooled": (B, D)} (a kzoo TextEncoder). '
             f"Received: text_encoder={text_encoder!r}"
         )
-    vocabulary_size = getattr(text_encoder, "vocabulary_size", None)
-    if vocabulary_size is not None and vocabulary_size < tokenizer.vocabulary_size:
-        raise ValueError(
-            f"The text encoder has {vocabulary_size} token embeddings but the tokenizer emits "
-            f"{tokenizer.vocabulary_size} ids. Received: text_encoder.vocabulary_size="
-            f"{vocabulary_size}"
-        )
-    length = getattr(text_encoder, "sequence_length", None)
-    if length is not None and length != tokenizer.sequence_length:
-        raise ValueError(
-            f"The text encoder takes {length} tokens but the tokenizer emits "
-            f"{tokenizer.sequence_length}. Received: text_encoder.sequence_length={length}"
-        )
+    tokenizer.check_encoder(text_encoder)
     return tokenizer, text_encoder
 
 

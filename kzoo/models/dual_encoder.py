@@ -786,19 +786,7 @@ def _build_text_encoder(text_encoder, tokenizer):
             "`text_encoder` must be a TextEncoder (a keras.Model) or a dict of its "
             f"arguments. Received: text_encoder={text_encoder!r}"
         )
-    vocabulary_size = getattr(text_encoder, "vocabulary_size", None)
-    if vocabulary_size is not None and vocabulary_size < tokenizer.vocabulary_size:
-        raise ValueError(
-            f"The text encoder has {vocabulary_size} token embeddings but the tokenizer "
-            f"emits {tokenizer.vocabulary_size} ids. Received: "
-            f"text_encoder.vocabulary_size={vocabulary_size}"
-        )
-    length = getattr(text_encoder, "sequence_length", None)
-    if length is not None and length != tokenizer.sequence_length:
-        raise ValueError(
-            f"The text encoder takes {length} tokens but the tokenizer emits "
-            f"{tokenizer.sequence_length}. Received: text_encoder.sequence_length={length}"
-        )
+    tokenizer.check_encoder(text_encoder)
     return apply_trainable_flag(text_encoder)
 
 
